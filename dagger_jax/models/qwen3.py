@@ -1,0 +1,196 @@
+"""Dense Qwen3 decoder in Flax (linen), numerically the model `transformers` calls Qwen3ForCausalLM.
+
+Layers are stacked with `nn.scan` (one compiled layer body; every per-layer parameter carries a
+leading [num_layers] axis), which keeps compile time flat in depth and lets remat wrap the body.
+Sequences may be packed: `segment_ids` (0 = padding) confine attention to one example and
+`positions` restart at 0 in each example.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dagger_jax.models.config import Qwen3Config
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+_DENSE_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _dtype(name: str | Any) -> Any:
+    return jnp.dtype(name) if isinstance(name, str) else name
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with the statistics in fp32, as transformers' Qwen3RMSNorm does."""
+
+    eps: float
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def rope_tables(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+    """cos/sin tables [batch, seq, head_dim] for the half-split ("rotate_half") RoPE layout."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotates x [batch, seq, heads, head_dim] by the tables, computing in fp32."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def attention_mask(segment_ids: Array) -> Array:
+    """[batch, 1, 1, q, k] boolean: causal and within one packed segment.
+
+    Padding (segment 0) attends to padding, so no row is empty and softmax never sees all -inf.
+    """
+    seq = segment_ids.shape[-1]
+    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (same & causal)[:, None, None, :, :]
+
+
+class Attention(nn.Module):
+    config: Qwen3Config
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+        cfg = self.config
+        d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        dense = lambda features, name: nn.Dense(  # noqa: E731
+            features, use_bias=cfg.attention_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=_DENSE_INIT, name=name)
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name=name)  # noqa: E731
+        batch, seq, _ = x.shape
+        # Qwen3 normalises each head (q_norm / k_norm over head_dim) before RoPE.
+        q = norm("q_norm")(dense(hq * d, "q_proj")(x).reshape(batch, seq, hq, d))
+        k = norm("k_norm")(dense(hkv * d, "k_proj")(x).reshape(batch, seq, hkv, d))
+        v = dense(hkv * d, "v_proj")(x).reshape(batch, seq, hkv, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        # Grouped-query attention without repeating k/v: query heads are [kv_head, group].
+        q = q.reshape(batch, seq, hkv, hq // hkv, d)
+        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+        scores = scores * (d ** -0.5)
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(batch, seq, hq * d)
+        return dense(cfg.hidden_size, "o_proj")(out)
+
+
+class MLP(nn.Module):
+    config: Qwen3Config
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dense = lambda features, name: nn.Dense(  # noqa: E731
+            features, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=_DENSE_INIT, name=name)
+        gate = dense(cfg.intermediate_size, "gate_proj")(x)
+        up = dense(cfg.intermediate_size, "up_proj")(x)
+        return dense(cfg.hidden_size, "down_proj")(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    config: Qwen3Config
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> tuple[Array, None]:
+        eps = self.config.rms_norm_eps
+        h = RMSNorm(eps, self.dtype, self.param_dtype, name="input_layernorm")(x)
+        x = x + Attention(self.config, self.dtype, self.param_dtype, name="self_attn")(h, cos, sin, mask)
+        h = RMSNorm(eps, self.dtype, self.param_dtype, name="post_attention_layernorm")(x)
+        x = x + MLP(self.config, self.dtype, self.param_dtype, name="mlp")(h)
+        return x, None
+
+
+class Qwen3ForCausalLM(nn.Module):
+    """The student. `__call__` returns logits, or final hidden states for the chunked loss."""
+
+    config: Qwen3Config
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    remat: str = "none"
+
+    @nn.compact
+    def __call__(self, input_ids: Array, positions: Array | None = None,
+                 segment_ids: Array | None = None, return_hidden: bool = False) -> Array:
+        cfg = self.config
+        dtype, param_dtype = _dtype(self.dtype), _dtype(self.param_dtype)
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat policy {self.remat!r} unknown; choose from {sorted(REMAT_POLICIES)}")
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(input_ids)
+
+        embedding = self.param("embed_tokens", _DENSE_INIT, (cfg.vocab_size, cfg.hidden_size), param_dtype)
+        x = jnp.take(embedding, input_ids, axis=0).astype(dtype)
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        mask = attention_mask(segment_ids)
+
+        layer = DecoderLayer
+        if self.remat != "none":
+            layer = nn.remat(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                        length=cfg.num_hidden_layers)
+        x, _ = stack(cfg, dtype, param_dtype, name="layers")(x, cos, sin, mask)
+        x = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="norm")(x)
+
+        if not cfg.tie_word_embeddings:
+            self.param("lm_head", _DENSE_INIT, (cfg.hidden_size, cfg.vocab_size), param_dtype)
+        if return_hidden:
+            return x
+        w_out = output_embedding(self.variables["params"], cfg).astype(dtype)
+        return jnp.einsum("bth,hv->btv", x, w_out, preferred_element_type=jnp.float32)
+
+
+def output_embedding(params: Any, config: Qwen3Config) -> Array:
+    """The [hidden, vocab] unembedding matrix: the token embedding itself when tied."""
+    if config.tie_word_embeddings:
+        return params["embed_tokens"].T
+    return params["lm_head"]
+
+
+def init_params(config: Qwen3Config, rng: Array, param_dtype: Any = jnp.float32) -> Any:
+    """Random parameters (normal(0.02) weights, unit norms), as transformers initialises them."""
+    model = Qwen3ForCausalLM(config, param_dtype=param_dtype)
+    return model.init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
+
+
+def params_shape(config: Qwen3Config, param_dtype: Any = jnp.float32) -> Any:
+    """The params tree as ShapeDtypeStructs, without allocating anything."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0), param_dtype))

@@ -1,0 +1,99 @@
+"""The device mesh (data, fsdp, tensor) and partition rules as data: regex on path -> spec."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# First match wins. Paths are "/"-joined parameter paths; optimizer states (mu, nu) contain the
+# parameter path, so they shard like their parameter. Stacked layer params lead with [layers].
+QWEN3_RULES: tuple[tuple[str, tuple], ...] = (
+    (r"embed_tokens$", ("tensor", "fsdp")),
+    (r"lm_head$", ("fsdp", "tensor")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", (None, "fsdp", "tensor")),
+    (r"(o_proj|down_proj)/kernel$", (None, "tensor", "fsdp")),
+    (r"(q_proj|k_proj|v_proj)/bias$", (None, "tensor")),
+    (r"(q_norm|k_norm|layernorm|norm)/scale$", ()),
+    (r"o_proj/bias$", ()),
+    (r".*", ()),
+)
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one entry of `shape` may be -1 to take the remaining devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = list(shape)
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if len(devices) % known:
+            raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, "
+                         f"{len(devices)} are available")
+    try:
+        from jax.experimental import mesh_utils
+        grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def _path_str(key_path: Any) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path)
+
+
+def _fit(spec: tuple, shape: Sequence[int], mesh: Mesh, path: str) -> P:
+    """Drops mesh axes from dimensions they do not divide (tiny models on big meshes)."""
+    spec = tuple(spec)[: len(shape)]
+    fitted = []
+    for dim, axes in zip(shape, spec + (None,) * (len(shape) - len(spec))):
+        names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        size = math.prod(mesh.shape[a] for a in names)
+        if names and dim % size:
+            logging.warning("sharding: %s dim %d not divisible by %s (%d); replicated instead",
+                            path, dim, names, size)
+            fitted.append(None)
+        else:
+            fitted.append(axes)
+    return P(*fitted)
+
+
+def match_partition_rules(rules: Sequence[tuple[str, Sequence]], tree: Any, mesh: Mesh) -> Any:
+    """A PartitionSpec for every leaf of `tree` (arrays or ShapeDtypeStructs)."""
+    compiled = [(re.compile(pattern), tuple(spec)) for pattern, spec in rules]
+
+    def spec_for(key_path: Any, leaf: Any) -> P:
+        path = _path_str(key_path)
+        shape = getattr(leaf, "shape", ())
+        if len(shape) == 0:
+            return P()
+        for pattern, spec in compiled:
+            if pattern.search(path):
+                return _fit(spec, shape, mesh, path)
+        raise ValueError(f"no partition rule matches parameter {path!r}")
+
+    return jax.tree_util.tree_map_with_path(spec_for, tree)
+
+
+def named_shardings(mesh: Mesh, specs: Any) -> Any:
+    return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), specs,
+                                  is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Examples split over the data and fsdp axes; sequence positions kept whole."""
+    return NamedSharding(mesh, P(BATCH_AXES, None))
