@@ -69,6 +69,8 @@ def _fit(spec: tuple, shape: Sequence[int], mesh: Mesh, path: str) -> P:
             fitted.append(None)
         else:
             fitted.append(axes)
+    while fitted and fitted[-1] is None:  # P(None) and P() mean the same; keep the short form
+        fitted.pop()
     return P(*fitted)
 
 

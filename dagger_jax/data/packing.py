@@ -1,0 +1,115 @@
+"""Packing tokenized examples into fixed-shape rows, and choosing each step's rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import grain
+import numpy as np
+
+PACKED_KEYS: tuple[str, ...] = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions")
+
+
+def pack_examples(
+    examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int
+) -> dict[str, np.ndarray]:
+    """Pack (ids, loss mask) examples into rows of exactly seq_len tokens, first fit.
+
+    Each example goes whole into the first row with room for it (examples are never
+    split across rows), in the order given. Returns arrays of shape [rows, seq_len]:
+
+    - input_ids (int32): the tokens; 0 in padding.
+    - target_ids (int32): input_ids[t + 1] when t + 1 is in the same example, else 0.
+    - loss_mask (float32): 1 where target_ids[t] is a trainable token (the example's
+      mask at t + 1), else 0. An example's first token is never a target.
+    - segment_ids (int32): 1, 2, 3, ... per example within a row; 0 in padding.
+    - positions (int32): 0, 1, 2, ... restarting in each example; 0 in padding.
+
+    An example longer than seq_len is truncated to its first seq_len tokens; the loss
+    on whatever was cut off is lost, so callers whose targets sit at the end of long
+    contexts must shorten the context themselves first. Empty examples are dropped.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2 (one input and one target), got {seq_len}")
+    clipped: list[tuple[np.ndarray, np.ndarray]] = []
+    for index, (ids, mask) in enumerate(examples):
+        ids, mask = np.asarray(ids), np.asarray(mask)
+        if ids.ndim != 1 or ids.shape != mask.shape:
+            raise ValueError(
+                f"example {index}: ids and mask must be 1-D and of equal length, "
+                f"got shapes {ids.shape} and {mask.shape}"
+            )
+        if len(ids):
+            clipped.append((ids[:seq_len].astype(np.int32), mask[:seq_len].astype(bool)))
+
+    # First fit: free[r] is the room left in row r. A capacity array grown by
+    # doubling keeps the search one vectorised scan per example.
+    free = np.zeros(16, dtype=np.int64)
+    num_rows = 0
+    placement: list[tuple[int, int]] = []  # (row, offset) per clipped example
+    for ids, _ in clipped:
+        fits = np.flatnonzero(free[:num_rows] >= len(ids))
+        if len(fits):
+            row = int(fits[0])
+        else:
+            if num_rows == len(free):
+                free = np.concatenate([free, np.zeros_like(free)])
+            row, num_rows = num_rows, num_rows + 1
+            free[row] = seq_len
+        placement.append((row, seq_len - int(free[row])))
+        free[row] -= len(ids)
+
+    packed = {key: np.zeros((num_rows, seq_len), dtype=np.int32) for key in PACKED_KEYS}
+    packed["loss_mask"] = np.zeros((num_rows, seq_len), dtype=np.float32)
+    segments_in_row = np.zeros(num_rows, dtype=np.int32)
+    for (ids, mask), (row, start) in zip(clipped, placement):
+        end = start + len(ids)
+        segments_in_row[row] += 1
+        packed["input_ids"][row, start:end] = ids
+        packed["target_ids"][row, start : end - 1] = ids[1:]
+        packed["loss_mask"][row, start : end - 1] = mask[1:]
+        packed["segment_ids"][row, start:end] = segments_in_row[row]
+        packed["positions"][row, start:end] = np.arange(len(ids), dtype=np.int32)
+    return packed
+
+
+def _grain_seed(seed: int) -> int:
+    """Map any int seed to a 32-bit grain shuffle seed.
+
+    grain reshuffles epoch e with seed + e, so raw seeds s and s + 1 would share all
+    but one epoch's order; hashing the seed first keeps nearby seeds unrelated.
+    """
+    return int(np.random.SeedSequence(seed).generate_state(1, dtype=np.uint32)[0])
+
+
+def batch_for_step(
+    packed: Mapping[str, np.ndarray], step: int, batch_size: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Return the batch_size rows that training step `step` uses; a function of (seed, step).
+
+    Rows are read as one endless stream: epoch e is a permutation of all rows seeded
+    by (seed, e), epochs follow one another, and step s takes stream positions
+    [s * batch_size, (s + 1) * batch_size). Every row is seen once per epoch, and a
+    resumed run that asks for the same steps gets the same batches. When the row count
+    is not a multiple of batch_size, a batch can straddle two epochs (and then rarely
+    hold one row twice). The order comes from grain's MapDataset shuffle, so it is
+    stable as long as the grain version is.
+    """
+    if not packed:
+        raise ValueError("packed holds no arrays")
+    num_rows = {key: int(value.shape[0]) for key, value in packed.items()}
+    rows = next(iter(num_rows.values()))
+    if any(n != rows for n in num_rows.values()):
+        raise ValueError(f"packed arrays disagree on the number of rows: {num_rows}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if rows < batch_size:
+        raise ValueError(
+            f"only {rows} packed rows for batch_size={batch_size}: pack more examples, use a "
+            "shorter seq_len or a smaller batch"
+        )
+    order = grain.MapDataset.range(rows).shuffle(seed=_grain_seed(seed)).repeat().batch(batch_size)
+    indices = np.asarray(order[step], dtype=np.int64)
+    return {key: np.asarray(value)[indices] for key, value in packed.items()}

@@ -1,0 +1,96 @@
+"""Entry point: `python -m dagger_jax.main --config=configs/local.py --workdir=W`.
+
+Wires a config into the parts: tokenizer, data, trainer, export. Until the DAgger loop exists,
+the job trains the student on the built-in sample conversations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from dagger_jax.data.encode import encode_chat
+from dagger_jax.data.packing import batch_for_step, pack_examples
+from dagger_jax.data.sample_corpus import sample_conversations, sample_texts
+from dagger_jax.models.config import Qwen3Config
+from dagger_jax.models.hf_export import export_hf
+from dagger_jax.tokenizer import ensure_default_tokenizer, load_tokenizer
+from dagger_jax.train.trainer import Trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, logs, exports).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Corpus size for the embedded default tokenizer; fixed so the vocabulary is reproducible.
+_TOKENIZER_CORPUS = 400
+
+
+def initialize_distributed(config: Any) -> None:
+    d = config.distributed
+    if not d.enabled:
+        return
+    kwargs = {}
+    if d.coordinator_address:
+        kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                      process_id=d.process_id)
+    jax.distributed.initialize(**kwargs)
+
+
+def prepare_tokenizer(config: Any, workdir: Path) -> Path:
+    """The tokenizer directory of this run: the configured one, or the embedded default."""
+    if config.tokenizer.dir:
+        load_tokenizer(config.tokenizer.dir)  # fail now, not after compiling
+        return Path(config.tokenizer.dir)
+    return ensure_default_tokenizer(workdir / "tokenizer",
+                                    sample_texts(_TOKENIZER_CORPUS, seed=1_000_003),
+                                    config.tokenizer.vocab_size)
+
+
+def sample_batches(config: Any, tokenizer) -> Any:
+    if config.data.source != "sample":
+        raise ValueError(f"config.data.source={config.data.source!r}: only 'sample' exists so far")
+    conversations = sample_conversations(config.data.num_examples, seed=config.seed)
+    packed = pack_examples([encode_chat(tokenizer, c) for c in conversations], config.train.seq_len)
+    return lambda step: batch_for_step(packed, step, config.train.batch_size, config.seed)
+
+
+def run(config: Any, workdir: str | Path) -> Path | None:
+    """Trains per config in workdir; returns the HF export directory (process 0) if exported."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_config = Qwen3Config.from_dict(config.model.to_dict(), where="config.model")
+    tokenizer_dir = prepare_tokenizer(config, workdir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if len(tokenizer) > model_config.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer_dir} has {len(tokenizer)} tokens but "
+                         f"config.model.vocab_size is {model_config.vocab_size}")
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    trainer = Trainer(config, workdir, model_config)
+    state = trainer.fit(sample_batches(config, tokenizer))
+    if not config.export.at_end:
+        return None
+    out = export_hf(state.params, model_config, workdir / "export", tokenizer_dir=tokenizer_dir,
+                    dtype=config.export.dtype, max_shard_bytes=config.export.max_shard_bytes)
+    if out is not None:
+        logging.info("exported step %d to %s", int(state.step), out)
+        (out / "dagger_jax.json").write_text(json.dumps({"step": int(state.step)}))
+    return out
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    initialize_distributed(config)
+    run(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,91 @@
+"""Orbax checkpoints of the train state: save, restore onto the mesh, resume.
+
+A step directory holds three items: `params`, `opt_state` and `meta` (JSON: the model config
+and step). A step with no `opt_state` (as `tools/import_hf.py` writes) is a valid start: the
+optimizer state is then initialised fresh from the restored params.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from dagger_jax.models.config import Qwen3Config
+
+ITEMS = ("params", "opt_state", "meta")
+FORMAT_VERSION = 1
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+class Checkpointer:
+    """One run's checkpoints under `<workdir>/checkpoints`."""
+
+    def __init__(self, directory: str | Path, max_to_keep: int | None = 3):
+        self.directory = Path(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options,
+                                              item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, params: Any, opt_state: Any | None, model_config: Qwen3Config,
+             extra_meta: dict | None = None) -> None:
+        meta = {"format": FORMAT_VERSION, "step": int(step), "model_config": model_config.to_dict(),
+                **(extra_meta or {})}
+        items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
+        if opt_state is not None:
+            items["opt_state"] = ocp.args.StandardSave(opt_state)
+        self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+        self._manager.wait_until_finished()
+
+    def _step_or_latest(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None or step not in self.all_steps():
+            raise FileNotFoundError(
+                f"{self.directory}: no checkpoint{'' if step is None else f' for step {step}'} "
+                f"(steps present: {self.all_steps()})")
+        return step
+
+    def meta(self, step: int | None = None) -> dict:
+        step = self._step_or_latest(step)
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def check_model_config(self, step: int, model_config: Qwen3Config) -> None:
+        """Refuses a checkpoint written for another model shape, naming what differs."""
+        saved = self.meta(step).get("model_config", {})
+        ours = model_config.to_dict()
+        diffs = {k: (saved.get(k), v) for k, v in ours.items() if saved.get(k) != v}
+        if diffs:
+            listed = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diffs.items()))
+            raise ValueError(f"checkpoint {self.directory / str(step)} was written for a different "
+                             f"model config ({listed})")
+
+    def has_opt_state(self, step: int) -> bool:
+        return (self.directory / str(step) / "opt_state").is_dir()
+
+    def restore(self, step: int | None, model_config: Qwen3Config, params_target: Any,
+                opt_state_target: Any | None) -> tuple[int, Any, Any | None]:
+        """(step, params, opt_state or None), restored with the targets' shardings."""
+        step = self._step_or_latest(step)
+        self.check_model_config(step, model_config)
+        items = {"params": ocp.args.StandardRestore(_abstract(params_target))}
+        if opt_state_target is not None and self.has_opt_state(step):
+            items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state_target))
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        return step, restored["params"], restored.get("opt_state") if "opt_state" in items else None
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,120 @@
+"""The training loop: build or resume the sharded state, step, log, checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from dagger_jax.models.config import Qwen3Config
+from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, params_shape
+from dagger_jax.models.sharding import batch_sharding, make_mesh
+from dagger_jax.train.checkpoint import Checkpointer
+from dagger_jax.train.metrics import MetricWriter
+from dagger_jax.train.optimizer import make_optimizer
+from dagger_jax.train.train_step import (BATCH_KEYS, TrainState, jit_init_state, jit_train_step,
+                                         make_train_step, state_shardings)
+
+BatchFn = Callable[[int], dict[str, np.ndarray]]
+
+
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def global_batch(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Places a global host batch: each process contributes its contiguous block of rows."""
+    sharding = batch_sharding(mesh)
+    count, index = jax.process_count(), jax.process_index()
+    out = {}
+    for key in BATCH_KEYS:
+        rows = batch[key]
+        if rows.shape[0] % count:
+            raise ValueError(f"batch of {rows.shape[0]} rows does not split over {count} processes")
+        per = rows.shape[0] // count
+        out[key] = jax.make_array_from_process_local_data(sharding, rows[index * per:(index + 1) * per],
+                                                          rows.shape)
+    return out
+
+
+class Trainer:
+    """Owns the mesh, the jitted step and the checkpoints of one run."""
+
+    def __init__(self, config: Any, workdir: str | Path, model_config: Qwen3Config):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.model_config = model_config
+        self.mesh = make_mesh(tuple(config.mesh.shape))
+        self.model = Qwen3ForCausalLM(model_config, dtype=config.dtype,
+                                      param_dtype=config.param_dtype, remat=config.remat)
+        self.optimizer, self.schedule = make_optimizer(config.train)
+        abstract_params = params_shape(model_config, jnp.dtype(config.param_dtype))
+        self.abstract_state = jax.eval_shape(
+            lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.optimizer.init(p)), abstract_params)
+        self.shardings = state_shardings(self.mesh, config.partition_rules, self.abstract_state)
+        self.checkpointer = Checkpointer(self.workdir / "checkpoints", config.train.keep_checkpoints)
+        step = make_train_step(self.model, self.optimizer, self.schedule,
+                               config.train.grad_accum, config.train.loss_chunk)
+        self._step = jit_train_step(step, self.mesh, self.shardings)
+        self._init_state = jit_init_state(self.optimizer, self.shardings)
+
+    def initial_state(self) -> TrainState:
+        """The latest checkpoint if there is one (resume), else fresh random params."""
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            logging.info("no checkpoint in %s: initialising params (seed %d)", self.workdir, self.config.seed)
+            init = jax.jit(lambda rng: init_params(self.model_config, rng, jnp.dtype(self.config.param_dtype)),
+                           out_shardings=self.shardings.params)
+            return self._init_state(init(jax.random.key(self.config.seed)))
+        target = _with_shardings(self.abstract_state, self.shardings)
+        step, params, opt_state = self.checkpointer.restore(
+            latest, self.model_config, target.params, target.opt_state)
+        logging.info("resuming from %s step %d%s", self.checkpointer.directory, step,
+                     "" if opt_state is not None else " (params only: fresh optimizer state)")
+        if opt_state is None:
+            return self._init_state(params).replace(step=jnp.asarray(step, jnp.int32))
+        step_array = jax.device_put(jnp.asarray(step, jnp.int32), self.shardings.step)
+        return TrainState(step_array, params, opt_state)
+
+    def save(self, state: TrainState) -> None:
+        self.checkpointer.save(int(state.step), state.params, state.opt_state, self.model_config)
+
+    def fit(self, batch_fn: BatchFn, state: TrainState | None = None) -> TrainState:
+        """Trains to `train.steps`, checkpointing every `train.checkpoint_every` steps and at the end."""
+        c = self.config.train
+        state = self.initial_state() if state is None else state
+        start = int(state.step)
+        writer = MetricWriter(self.workdir / "tensorboard")
+        columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+        tokens_since, time_since = 0, time.perf_counter()
+        with Progress(*columns, disable=jax.process_index() != 0 or not self.config.progress) as progress:
+            task = progress.add_task("train", total=c.steps, completed=start, info="")
+            for step in range(start, c.steps):
+                host_batch = batch_fn(step)
+                tokens_since += int(np.count_nonzero(host_batch["segment_ids"]))
+                state, metrics = self._step(state, global_batch(self.mesh, host_batch))
+                done = step + 1
+                if done % c.log_every == 0 or done == c.steps:
+                    scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = time.perf_counter() - time_since
+                    scalars["tokens_per_second"] = tokens_since / max(elapsed, 1e-9)
+                    tokens_since, time_since = 0, time.perf_counter()
+                    writer.write(done, scalars)
+                    info = (f"loss {scalars['loss']:.4f} acc {scalars['accuracy']:.3f} "
+                            f"gnorm {scalars['grad_norm']:.3f} lr {scalars['lr']:.2e} "
+                            f"{scalars['tokens_per_second']:.0f} tok/s")
+                    progress.update(task, info=info)
+                    logging.info("step %d: %s", done, info)
+                progress.update(task, completed=done)
+                if done % c.checkpoint_every == 0 or done == c.steps:
+                    self.save(state)
+        writer.close()
+        return state

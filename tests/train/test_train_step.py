@@ -1,0 +1,146 @@
+"""The train step: chunked loss, accumulation, and sharding give the same numbers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from dagger_jax.models.config import Qwen3Config
+from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, output_embedding
+from dagger_jax.models.sharding import QWEN3_RULES, make_mesh
+from dagger_jax.train.loss import chunked_cross_entropy
+from dagger_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from dagger_jax.train.train_step import (TrainState, jit_init_state, jit_train_step, make_train_step,
+                                         state_shardings)
+
+CONFIG = Qwen3Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=10_000.0)
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    values = dict(steps=10, lr=1e-2, warmup_steps=2, schedule="cosine", end_lr_ratio=0.1,
+                  b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, clip_grad_norm=1.0)
+    return ml_collections.ConfigDict({**values, **overrides})
+
+
+def random_batch(rows: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, CONFIG.vocab_size, size=(rows, seq)).astype(np.int32)
+    # Two packed segments per row, then padding; targets only inside segments.
+    split, end = seq // 2, seq - 3
+    segments = np.zeros((rows, seq), np.int32)
+    segments[:, :split], segments[:, split:end] = 1, 2
+    positions = np.where(segments == 1, np.arange(seq), np.arange(seq) - split) * (segments > 0)
+    targets = np.roll(ids, -1, axis=1)
+    mask = (segments > 0) & (np.roll(segments, -1, axis=1) == segments)
+    mask &= rng.random((rows, seq)) < 0.7  # uneven label counts across rows
+    return dict(input_ids=ids, target_ids=targets.astype(np.int32),
+                loss_mask=mask.astype(np.float32), segment_ids=segments,
+                positions=positions.astype(np.int32))
+
+
+def test_chunked_loss_equals_full_logits_loss():
+    params = init_params(CONFIG, jax.random.key(0))
+    batch = random_batch(2, 24)
+    model = Qwen3ForCausalLM(CONFIG)
+    hidden = model.apply({"params": params}, batch["input_ids"], batch["positions"],
+                         batch["segment_ids"], return_hidden=True)
+    w = output_embedding(params, CONFIG)
+
+    def full(hidden, w):
+        logits = hidden @ w
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["target_ids"][..., None], -1)[..., 0]
+        return jnp.sum(nll * batch["loss_mask"])
+
+    def chunked(hidden, w, chunk):
+        return chunked_cross_entropy(hidden, w, batch["target_ids"], batch["loss_mask"], chunk)[0]
+
+    ref, ref_grads = jax.value_and_grad(full, argnums=(0, 1))(hidden, w)
+    for chunk in (5, 8, 24):  # 5 does not divide 24: the padded tail must not count
+        value, grads = jax.value_and_grad(chunked, argnums=(0, 1))(hidden, w, chunk)
+        np.testing.assert_allclose(value, ref, rtol=1e-5)
+        for g, r in zip(grads, ref_grads):
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+    count = chunked_cross_entropy(hidden, w, batch["target_ids"], batch["loss_mask"], 7)[1]
+    assert count == batch["loss_mask"].sum()
+
+
+def _run_steps(mesh, batch, grad_accum=1, steps=2):
+    optimizer, schedule = make_optimizer(train_config())
+    model = Qwen3ForCausalLM(CONFIG)
+    abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
+                              jax.eval_shape(lambda: init_params(CONFIG, jax.random.key(0))))
+    shardings = state_shardings(mesh, QWEN3_RULES, abstract)
+    params = jax.device_put(init_params(CONFIG, jax.random.key(0)), shardings.params)
+    state = jit_init_state(optimizer, shardings)(params)
+    step = jit_train_step(make_train_step(model, optimizer, schedule, grad_accum, loss_chunk=8),
+                          mesh, shardings)
+    metrics = []
+    for _ in range(steps):
+        state, m = step(state, batch)
+        metrics.append(jax.device_get(m))
+    return state, metrics
+
+
+def test_sharded_2x2x2_step_matches_one_device():
+    assert jax.device_count() == 8, "tests/conftest.py forces 8 CPU devices"
+    batch = random_batch(8, 16)
+    single_state, single = _run_steps(make_mesh((1, 1, 1), jax.devices()[:1]), batch)
+    mesh = make_mesh((2, 2, 2))
+    sharded_state, sharded = _run_steps(mesh, batch)
+    for a, b in zip(single, sharded):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
+    # Adam divides by sqrt(v): near-zero gradients make a 1e-7 difference in a gradient a
+    # visible one in the update, so the tolerance is 1% of one step's size (lr = 1e-2).
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4),
+                           jax.device_get(single_state.params), jax.device_get(sharded_state.params))
+    # Parameters and optimizer moments land where the rules say.
+    q = sharded_state.params["layers"]["self_attn"]["q_proj"]["kernel"]
+    assert q.sharding.spec == P(None, "fsdp", "tensor")
+    assert q.addressable_shards[0].data.shape == (2, 16, 32)
+    assert sharded_state.params["embed_tokens"].sharding.spec == P("tensor", "fsdp")
+    down = sharded_state.params["layers"]["mlp"]["down_proj"]["kernel"]
+    assert down.sharding.spec == P(None, "tensor", "fsdp")
+    mu = sharded_state.opt_state[1][0].mu["layers"]["mlp"]["down_proj"]["kernel"]
+    assert mu.sharding.spec == P(None, "tensor", "fsdp")
+    assert sharded_state.params["norm"]["scale"].sharding.spec == P()
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    mesh = make_mesh((1, 2, 1), jax.devices()[:2])
+    batch = random_batch(8, 16, seed=3)
+    _, big = _run_steps(mesh, batch, grad_accum=1)
+    _, accumulated = _run_steps(mesh, batch, grad_accum=4)
+    for a, b in zip(big, accumulated):
+        for key in ("loss", "grad_norm", "target_tokens", "param_norm"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5)
+
+
+def test_loss_falls_when_training_on_one_batch():
+    batch = random_batch(4, 16, seed=5)
+    _, metrics = _run_steps(make_mesh((1, 1, 1), jax.devices()[:1]), batch, steps=8)
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5
+
+
+def test_schedule_warms_up_then_decays():
+    s = learning_rate_schedule(1.0, total_steps=10, warmup_steps=2, schedule="cosine", end_lr_ratio=0.1)
+    assert float(s(0)) == 0.0 and float(s(1)) == pytest.approx(0.5)
+    assert float(s(2)) == pytest.approx(1.0)
+    assert float(s(10)) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="train.schedule='exp'"):
+        learning_rate_schedule(1.0, 10, 2, "exp")
+
+
+def test_weight_decay_skips_norms():
+    optimizer, _ = make_optimizer(train_config(weight_decay=0.5, lr=0.1, warmup_steps=0, clip_grad_norm=0.0))
+    params = {"kernel": jnp.ones((2, 2)), "scale": jnp.ones((2,))}
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = optimizer.update(zero, optimizer.init(params), params)
+    assert float(jnp.abs(updates["kernel"]).max()) > 0
+    assert float(jnp.abs(updates["scale"]).max()) == 0
