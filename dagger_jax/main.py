@@ -20,7 +20,9 @@ from dagger_jax.data.packing import batch_for_step, pack_examples
 from dagger_jax.data.sample_corpus import sample_conversations, sample_texts
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import export_hf
-from dagger_jax.tokenizer import ensure_default_tokenizer, load_tokenizer
+from dagger_jax import workdir as layout
+from dagger_jax.log_filters import quiet_library_logs
+from dagger_jax.tokenizer import ensure_default_tokenizer, load_tokenizer, save_tokenizer
 from dagger_jax.train.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).", lock_config=True)
@@ -43,13 +45,23 @@ def initialize_distributed(config: Any) -> None:
 
 
 def prepare_tokenizer(config: Any, workdir: Path) -> Path:
-    """The tokenizer directory of this run: the configured one, or the embedded default."""
+    """The run's tokenizer, copied into the workdir on first start.
+
+    Source, in order: what the workdir already holds (a resumed run, or `tools/import_hf.py`),
+    `config.tokenizer.dir`, else the embedded default BPE trained on the sample corpus.
+    """
+    target = layout.tokenizer_dir(workdir)
+    if layout.has_tokenizer(workdir):
+        return target
     if config.tokenizer.dir:
-        load_tokenizer(config.tokenizer.dir)  # fail now, not after compiling
-        return Path(config.tokenizer.dir)
-    return ensure_default_tokenizer(workdir / "tokenizer",
-                                    sample_texts(_TOKENIZER_CORPUS, seed=1_000_003),
-                                    config.tokenizer.vocab_size)
+        source = Path(config.tokenizer.dir)
+    else:
+        source = ensure_default_tokenizer(workdir / ".tokenizer_build",
+                                          sample_texts(_TOKENIZER_CORPUS, seed=1_000_003),
+                                          config.tokenizer.vocab_size)
+    if jax.process_index() == 0:
+        save_tokenizer(load_tokenizer(source), target)
+    return target
 
 
 def sample_batches(config: Any, tokenizer) -> Any:
@@ -76,7 +88,7 @@ def run(config: Any, workdir: str | Path) -> Path | None:
     state = trainer.fit(sample_batches(config, tokenizer))
     if not config.export.at_end:
         return None
-    out = export_hf(state.params, model_config, workdir / "export", tokenizer_dir=tokenizer_dir,
+    out = export_hf(state.params, model_config, layout.export_dir(workdir), tokenizer_dir=tokenizer_dir,
                     dtype=config.export.dtype, max_shard_bytes=config.export.max_shard_bytes)
     if out is not None:
         logging.info("exported step %d to %s", int(state.step), out)
@@ -88,6 +100,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    quiet_library_logs()
     initialize_distributed(config)
     run(config, _WORKDIR.value)
 

@@ -99,3 +99,11 @@ def named_shardings(mesh: Mesh, specs: Any) -> Any:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Examples split over the data and fsdp axes; sequence positions kept whole."""
     return NamedSharding(mesh, P(BATCH_AXES, None))
+
+
+def abstract_sharded_params(params_shape: Any, mesh: Mesh,
+                            rules: Sequence[tuple[str, Sequence]] = QWEN3_RULES) -> Any:
+    """ShapeDtypeStructs carrying their target shardings: a restore / import target."""
+    shardings = named_shardings(mesh, match_partition_rules(rules, params_shape, mesh))
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params_shape, shardings)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from dagger_jax import workdir as layout
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, params_shape
 from dagger_jax.models.sharding import batch_sharding, make_mesh
@@ -59,7 +60,7 @@ class Trainer:
         self.abstract_state = jax.eval_shape(
             lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.optimizer.init(p)), abstract_params)
         self.shardings = state_shardings(self.mesh, config.partition_rules, self.abstract_state)
-        self.checkpointer = Checkpointer(self.workdir / "checkpoints", config.train.keep_checkpoints)
+        self.checkpointer = Checkpointer(layout.checkpoints_dir(self.workdir), config.train.keep_checkpoints)
         step = make_train_step(self.model, self.optimizer, self.schedule,
                                config.train.grad_accum, config.train.loss_chunk)
         self._step = jit_train_step(step, self.mesh, self.shardings)
@@ -91,7 +92,7 @@ class Trainer:
         c = self.config.train
         state = self.initial_state() if state is None else state
         start = int(state.step)
-        writer = MetricWriter(self.workdir / "tensorboard")
+        writer = MetricWriter(layout.tensorboard_dir(self.workdir))
         columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
         tokens_since, time_since = 0, time.perf_counter()

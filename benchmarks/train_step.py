@@ -1,0 +1,382 @@
+"""Train-step throughput on CPU: our jitted Flax/Optax step vs `transformers` + torch, one run.
+
+    .venv/bin/python benchmarks/train_step.py [--steps N] [--configs local,cpu_medium] [--json out.json]
+
+Everything is measured in the same process, one after the other, so the ratios hold on a shared,
+noisy machine even when the absolute numbers drift:
+
+1. the matmul peak of this CPU: fp32 `jnp.dot` under jit (and `torch.mm`, for reference), best
+   of several repeats over a couple of sizes, FLOP/s = 2 n^3 / time;
+2. for each model config, the median step time of our train step (`make_train_step` jitted on a
+   single-device mesh, compile and warmup excluded) and of the same model in `transformers`
+   (Qwen3ForCausalLM fp32, loss from labels, backward, clip_grad_norm_, AdamW step, zero_grad).
+
+Both sides train on the same batch shape with one unpacked sequence per row (segment ids all 1,
+positions 0..T-1, T-1 labelled tokens per row). JAX runs on one CPU device whose XLA thread pool
+uses all the cores of this process; torch is given the same number of threads.
+
+Model FLOPs per trained token (the PaLM appendix-B formula, no rematerialisation counted):
+    6 N + 12 L H_q d_head T
+with N the weights that take part in matmuls (q, k, v, o, gate, up, down of every layer and the
+LM head, tied or not; the embedding lookup and norm scales excluded), L layers, H_q query heads,
+T the sequence length. MFU = model FLOPs per second / the measured jnp fp32 matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from dagger_jax.models.config import Qwen3Config  # noqa: E402
+from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, params_shape  # noqa: E402
+from dagger_jax.models.sharding import QWEN3_RULES, batch_sharding, make_mesh  # noqa: E402
+from dagger_jax.train.optimizer import make_optimizer  # noqa: E402
+from dagger_jax.train.train_step import (BATCH_KEYS, TrainState, jit_init_state,  # noqa: E402
+                                         jit_train_step, make_train_step, state_shardings)
+
+FLOPS_FORMULA = ("model FLOPs/token = 6*N + 12*L*H_q*head_dim*T  (N = matmul weights: "
+                 "q,k,v,o,gate,up,down per layer + LM head; T = seq len; no remat counted)")
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class BenchCase:
+    name: str
+    model: Qwen3Config
+    batch_size: int
+    seq_len: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+def load_local_config() -> Any:
+    """configs/local.py's get_config() (configs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("_bench_local_config", REPO / "configs" / "local.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def bench_cases(local_config: Any) -> dict[str, BenchCase]:
+    local_model = Qwen3Config.from_dict(local_config.model.to_dict(), where="configs/local.py model")
+    medium = Qwen3Config(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                         rope_theta=10_000.0, tie_word_embeddings=False, max_position_embeddings=4096)
+    return {
+        "local": BenchCase("local", local_model, local_config.train.batch_size, local_config.train.seq_len),
+        "cpu_medium": BenchCase("cpu_medium", medium, batch_size=2, seq_len=512),
+    }
+
+
+# --- FLOPs -----------------------------------------------------------------------------------
+
+def matmul_params(cfg: Qwen3Config) -> int:
+    """Weights that take part in matmuls: attention/MLP projections and the LM head."""
+    h, d = cfg.hidden_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * cfg.intermediate_size
+    return cfg.num_hidden_layers * per_layer + h * cfg.vocab_size
+
+
+def train_flops_per_token(cfg: Qwen3Config, seq_len: int) -> int:
+    """6 N + 12 L H_q d T: forward + backward model FLOPs per trained token (see FLOPS_FORMULA)."""
+    attention = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len
+    return 6 * matmul_params(cfg) + attention
+
+
+# --- matmul peak -----------------------------------------------------------------------------
+
+def _best_time(fn: Callable[[], Any], repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def jax_matmul_peak(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> dict[str, Any]:
+    """Best fp32 jnp.dot FLOP/s over `sizes` (square n x n), each the best of `repeats`."""
+    device = jax.devices()[0]
+    dot = jax.jit(jnp.dot)
+    per_size = {}
+    for n in sizes:
+        key_a, key_b = jax.random.split(jax.random.key(n))
+        a = jax.device_put(jax.random.normal(key_a, (n, n), jnp.float32), device)
+        b = jax.device_put(jax.random.normal(key_b, (n, n), jnp.float32), device)
+        dot(a, b).block_until_ready()  # compile
+        seconds = _best_time(lambda: dot(a, b).block_until_ready(), repeats)
+        per_size[n] = 2 * n ** 3 / seconds
+    return {"flops": max(per_size.values()), "per_size": per_size}
+
+
+def torch_matmul_peak(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> dict[str, Any]:
+    import torch
+    per_size = {}
+    generator = torch.Generator().manual_seed(0)
+    for n in sizes:
+        a = torch.randn(n, n, generator=generator)
+        b = torch.randn(n, n, generator=generator)
+        torch.mm(a, b)
+        seconds = _best_time(lambda: torch.mm(a, b), repeats)
+        per_size[n] = 2 * n ** 3 / seconds
+    return {"flops": max(per_size.values()), "per_size": per_size}
+
+
+# --- the batch -------------------------------------------------------------------------------
+
+def make_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """One unpacked sequence per row: targets are the next token, the last position unlabelled."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab_size, size=(batch_size, seq_len)).astype(np.int32)
+    targets = np.roll(ids, -1, axis=1).astype(np.int32)
+    mask = np.ones((batch_size, seq_len), np.float32)
+    mask[:, -1] = 0.0
+    return dict(input_ids=ids, target_ids=targets, loss_mask=mask,
+                segment_ids=np.ones_like(ids),
+                positions=np.broadcast_to(np.arange(seq_len, dtype=np.int32), ids.shape).copy())
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+def _timed_steps(step: Callable[[], float], steps: int, warmup: int) -> dict[str, Any]:
+    """Runs step() warmup + steps times; step returns the loss and must finish its work."""
+    first = []
+    for _ in range(warmup):
+        start = time.perf_counter()
+        step()
+        first.append(time.perf_counter() - start)
+    times, losses = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        losses.append(step())
+        times.append(time.perf_counter() - start)
+    return {"warmup_s": first, "step_s": times, "median_s": statistics.median(times),
+            "min_s": min(times), "losses": losses}
+
+
+def time_jax_train_step(case: BenchCase, train_config: Any, steps: int, warmup: int = 1,
+                        loss_chunk: int = 256, seed: int = 0) -> dict[str, Any]:
+    """Our jitted train step on a one-device mesh; the first (compiling) call is warmup."""
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    model = Qwen3ForCausalLM(case.model)
+    optimizer, schedule = make_optimizer(train_config)
+    abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
+                              params_shape(case.model))
+    shardings = state_shardings(mesh, QWEN3_RULES, abstract)
+    params = jax.device_put(init_params(case.model, jax.random.key(seed)), shardings.params)
+    state = jit_init_state(optimizer, shardings)(params)
+    del params
+    step_fn = jit_train_step(make_train_step(model, optimizer, schedule, grad_accum=1,
+                                             loss_chunk=loss_chunk), mesh, shardings)
+    batch = make_batch(case.model.vocab_size, case.batch_size, case.seq_len, seed)
+    batch = {k: jax.device_put(batch[k], batch_sharding(mesh)) for k in BATCH_KEYS}
+    holder = {"state": state}
+
+    def one_step() -> float:
+        holder["state"], metrics = step_fn(holder["state"], batch)
+        return float(jax.block_until_ready(metrics["loss"]))
+
+    result = _timed_steps(one_step, steps, warmup)
+    jax.block_until_ready(holder["state"])
+    return result
+
+
+def _hf_config(cfg: Qwen3Config):
+    import transformers
+    values = cfg.to_hf_dict("float32")
+    for key in ("architectures", "model_type", "torch_dtype"):
+        values.pop(key, None)
+    return transformers.Qwen3Config(**values)
+
+
+def time_torch_train_step(case: BenchCase, train_config: Any, steps: int, warmup: int = 1,
+                          threads: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """transformers' Qwen3ForCausalLM (fp32) with torch AdamW; same batch, same optimizer knobs."""
+    import torch
+    import transformers
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = transformers.Qwen3ForCausalLM(_hf_config(case.model)).float().train()
+    c = train_config
+    # As ours: weight decay on matrices only. A constant lr (the schedule costs nothing).
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=c.lr, betas=(c.b1, c.b2), eps=c.eps)
+    batch = make_batch(case.model.vocab_size, case.batch_size, case.seq_len, seed)
+    input_ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
+    # HF shifts labels itself: position t predicts labels[t+1], the same T-1 targets per row.
+    labels = input_ids.clone()
+
+    def one_step() -> float:
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        if c.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    result = _timed_steps(one_step, steps, warmup)
+    result["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    return result
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+def cpu_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def run_case(case: BenchCase, train_config: Any, steps: int, peak_flops: float,
+             threads: int, warmup: int = 1, loss_chunk: int = 256,
+             include_torch: bool = True) -> dict[str, Any]:
+    flops_token = train_flops_per_token(case.model, case.seq_len)
+    row: dict[str, Any] = {
+        "config": case.name, "model": case.model.to_dict(), "batch_size": case.batch_size,
+        "seq_len": case.seq_len, "params": case.model.num_params,
+        "matmul_params": matmul_params(case.model), "tokens_per_step": case.tokens_per_step,
+        "flops_per_token": flops_token, "flops_per_step": flops_token * case.tokens_per_step,
+    }
+
+    def summarise(side: str, timing: dict[str, Any]) -> None:
+        tokens_s = case.tokens_per_step / timing["median_s"]
+        row[side] = {**timing, "tokens_per_s": tokens_s,
+                     "mfu": tokens_s * flops_token / peak_flops}
+
+    summarise("jax", time_jax_train_step(case, train_config, steps, warmup, loss_chunk))
+    if include_torch:
+        summarise("torch", time_torch_train_step(case, train_config, steps, warmup, threads))
+        row["ratio_jax_over_torch"] = row["jax"]["tokens_per_s"] / row["torch"]["tokens_per_s"]
+    return row
+
+
+def run_benchmark(case_names: list[str], steps: int, warmup: int = 1,
+                  peak_sizes: tuple[int, ...] = (1024, 2048), peak_repeats: int = 5,
+                  cases: dict[str, BenchCase] | None = None, train_config: Any = None,
+                  include_torch: bool = True) -> dict[str, Any]:
+    local = load_local_config() if cases is None or train_config is None else None
+    cases = cases if cases is not None else bench_cases(local)
+    train_config = train_config if train_config is not None else local.train
+    unknown = [n for n in case_names if n not in cases]
+    if unknown:
+        raise ValueError(f"unknown configs {unknown}; choose from {sorted(cases)}")
+    threads = cpu_threads()
+    if include_torch:
+        import torch
+        torch.set_num_threads(threads)
+    peak = jax_matmul_peak(peak_sizes, peak_repeats)
+    torch_peak = torch_matmul_peak(peak_sizes, peak_repeats) if include_torch else None
+    rows = [run_case(cases[n], train_config, steps, peak["flops"], threads, warmup,
+                     train_config.get("loss_chunk", 256), include_torch)
+            for n in case_names]
+    info = {"jax": jax.__version__, "backend": jax.default_backend(),
+            "device": str(jax.devices()[0]), "threads": threads, "platform": platform.platform(),
+            "python": platform.python_version()}
+    if include_torch:
+        import torch
+        import transformers
+        info.update(torch=torch.__version__, transformers=transformers.__version__,
+                    torch_threads=torch.get_num_threads())
+    return {"flops_formula": FLOPS_FORMULA, "steps": steps, "warmup": warmup,
+            "jax_peak": peak, "torch_peak": torch_peak, "info": info, "rows": rows}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    peak = result["jax_peak"]["flops"]
+    info = result["info"]
+    lines = [
+        f"CPU: {info['threads']} threads (XLA CPU pool; torch.set_num_threads({info['threads']})), "
+        f"jax {info['jax']} on {info['device']}"
+        + (f", torch {info['torch']}, transformers {info['transformers']}" if "torch" in info else ""),
+        "matmul peak fp32 (best of sizes/repeats): jnp.dot "
+        + ", ".join(f"{n}^2: {f / 1e9:.1f}" for n, f in result["jax_peak"]["per_size"].items())
+        + " GFLOP/s"
+        + ("; torch.mm " + ", ".join(f"{n}^2: {f / 1e9:.1f}"
+                                     for n, f in result["torch_peak"]["per_size"].items())
+           + " GFLOP/s" if result["torch_peak"] else ""),
+        result["flops_formula"],
+        f"MFU vs the jnp.dot peak; step time = median of {result['steps']} steps after "
+        f"{result['warmup']} warmup (compile excluded); batch = one unpacked sequence per row.",
+        "",
+    ]
+    header = ("config", "params", "tok/step", "ours tok/s", "torch tok/s", "ours/torch",
+              "our MFU", "torch MFU", "peak GFLOP/s")
+    body = []
+    for row in result["rows"]:
+        torch_row = row.get("torch")
+        body.append((
+            row["config"], f"{row['params'] / 1e6:.2f}M", str(row["tokens_per_step"]),
+            f"{row['jax']['tokens_per_s']:.0f}",
+            f"{torch_row['tokens_per_s']:.0f}" if torch_row else "-",
+            f"{row['ratio_jax_over_torch']:.2f}x" if torch_row else "-",
+            f"{100 * row['jax']['mfu']:.1f}%",
+            f"{100 * torch_row['mfu']:.1f}%" if torch_row else "-",
+            f"{peak / 1e9:.1f}",
+        ))
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    lines += [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body), ""]
+    for row in result["rows"]:
+        detail = (f"{row['config']}: {row['model']['num_hidden_layers']}L h{row['model']['hidden_size']} "
+                  f"{row['model']['num_attention_heads']}q/{row['model']['num_key_value_heads']}kv "
+                  f"x{row['model']['head_dim']} ffn{row['model']['intermediate_size']} "
+                  f"V{row['model']['vocab_size']} B{row['batch_size']} T{row['seq_len']}; "
+                  f"{row['flops_per_step'] / 1e9:.1f} GFLOP/step; ours median "
+                  f"{row['jax']['median_s']:.3f}s (first call {row['jax']['warmup_s'][0]:.1f}s)")
+        if row.get("torch"):
+            detail += (f", torch median {row['torch']['median_s']:.3f}s "
+                       f"(attn={row['torch']['attn_implementation']})")
+        lines.append(detail)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per config and framework")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (JAX: compiles)")
+    parser.add_argument("--configs", default="local,cpu_medium", help="comma-separated config names")
+    parser.add_argument("--no-torch", action="store_true", help="time only our step")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    result = run_benchmark(names, args.steps, args.warmup, include_torch=not args.no_torch)
+    print(format_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
