@@ -1,0 +1,109 @@
+"""The entry point as a user runs it: a killed run resumes to the same parameters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import transformers
+
+from dagger_jax.models.config import Qwen3Config
+from dagger_jax.models.qwen3 import params_shape
+from dagger_jax.models.sharding import abstract_sharded_params, make_mesh
+from dagger_jax.train.checkpoint import Checkpointer
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 40
+# A small, fast variant of configs/local.py.
+OVERRIDES = [
+    "--config.model.hidden_size=32", "--config.model.intermediate_size=64",
+    "--config.model.num_hidden_layers=2", "--config.model.num_attention_heads=2",
+    "--config.model.num_key_value_heads=1", "--config.model.head_dim=16",
+    "--config.data.num_examples=24", "--config.train.seq_len=256", "--config.train.batch_size=4",
+    f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=5",
+    "--config.train.keep_checkpoints=2", "--config.progress=False",
+]
+
+
+def main_command(workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dagger_jax.main", "--config=configs/local.py",
+            f"--workdir={workdir}", *OVERRIDES, *extra]
+
+
+def env() -> dict:
+    # One device per process, like the demo; tests/conftest.py's 8 devices are for in-process tests.
+    e = dict(os.environ)
+    e.pop("XLA_FLAGS", None)
+    return e
+
+
+def final_params(workdir: Path):
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    config = Qwen3Config.from_dict(checkpointer.meta()["model_config"])
+    target = abstract_sharded_params(params_shape(config), make_mesh((1, 1, 1), jax.devices()[:1]))
+    step, params, _ = checkpointer.restore(None, config, target, None)
+    return step, jax.device_get(params)
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+    straight = subprocess.run(main_command(tmp_path / "straight", "--config.export.at_end=False"),
+                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(main_command(killed_dir), cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed_dir / "checkpoints" / "10").is_dir():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint 10 within 300 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = Checkpointer(killed_dir / "checkpoints").latest_step()
+    assert 10 <= interrupted_at < STEPS, f"kill came too late to test resuming ({interrupted_at})"
+
+    resumed = subprocess.run(main_command(killed_dir), cwd=ROOT, env=env(), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"step {interrupted_at}" in resumed.stderr and "resuming from" in resumed.stderr
+
+    (step_a, params_a), (step_b, params_b) = final_params(tmp_path / "straight"), final_params(killed_dir)
+    assert step_a == step_b == STEPS
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                           params_a, params_b)
+    first = np.asarray(jax.tree_util.tree_leaves(params_a)[0])
+    assert np.any(first != 0)
+    # The resumed run also exported a directory transformers loads, tokenizer included.
+    model = transformers.AutoModelForCausalLM.from_pretrained(killed_dir / "export")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(killed_dir / "export")
+    assert model.config.hidden_size == 32 and tokenizer.chat_template
+    assert (tmp_path / "straight" / "tensorboard").is_dir()
+    assert any((tmp_path / "straight" / "tensorboard").iterdir())
+
+
+def test_a_misspelt_config_key_is_an_error(tmp_path):
+    result = subprocess.run(main_command(tmp_path / "w", "--config.train.lrr=0.1"), cwd=ROOT,
+                            env=env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "lrr" in result.stderr
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_a_checkpoint_of_another_model_shape_is_refused(tmp_path):
+    first = subprocess.run(main_command(tmp_path / "w", "--config.train.steps=5",
+                                        "--config.export.at_end=False"),
+                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = subprocess.run(main_command(tmp_path / "w", "--config.model.intermediate_size=96"),
+                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0
+    assert "different model config" in other.stderr
+    assert "intermediate_size: checkpoint 64 vs config 96" in other.stderr
