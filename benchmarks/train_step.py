@@ -10,6 +10,7 @@ noisy machine even when the absolute numbers drift:
 2. for each model config, the median step time of our train step (`make_train_step` jitted on a
    single-device mesh, compile and warmup excluded) and of the same model in `transformers`
    (Qwen3ForCausalLM fp32, loss from labels, backward, clip_grad_norm_, AdamW step, zero_grad).
+   The two frameworks' steps alternate (jax, torch, jax, torch, ...) so both see the same noise.
 
 Both sides train on the same batch shape with one unpacked sequence per row (segment ids all 1,
 positions 0..T-1, T-1 labelled tokens per row). JAX runs on one CPU device whose XLA thread pool
@@ -87,7 +88,7 @@ def bench_cases(local_config: Any) -> dict[str, BenchCase]:
                          rope_theta=10_000.0, tie_word_embeddings=False, max_position_embeddings=4096)
     return {
         "local": BenchCase("local", local_model, local_config.train.batch_size, local_config.train.seq_len),
-        "cpu_medium": BenchCase("cpu_medium", medium, batch_size=2, seq_len=512),
+        "cpu_medium": BenchCase("cpu_medium", medium, batch_size=2, seq_len=256),
     }
 
 
@@ -161,26 +162,12 @@ def make_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) ->
 
 
 # --- timing ----------------------------------------------------------------------------------
+# A "runner" is a zero-argument callable doing one full optimizer step and returning its loss as
+# a Python float (so the work has finished when it returns).
 
-def _timed_steps(step: Callable[[], float], steps: int, warmup: int) -> dict[str, Any]:
-    """Runs step() warmup + steps times; step returns the loss and must finish its work."""
-    first = []
-    for _ in range(warmup):
-        start = time.perf_counter()
-        step()
-        first.append(time.perf_counter() - start)
-    times, losses = [], []
-    for _ in range(steps):
-        start = time.perf_counter()
-        losses.append(step())
-        times.append(time.perf_counter() - start)
-    return {"warmup_s": first, "step_s": times, "median_s": statistics.median(times),
-            "min_s": min(times), "losses": losses}
-
-
-def time_jax_train_step(case: BenchCase, train_config: Any, steps: int, warmup: int = 1,
-                        loss_chunk: int = 256, seed: int = 0) -> dict[str, Any]:
-    """Our jitted train step on a one-device mesh; the first (compiling) call is warmup."""
+def jax_train_runner(case: BenchCase, train_config: Any, loss_chunk: int = 256,
+                     seed: int = 0) -> Callable[[], float]:
+    """Our jitted train step on a one-device mesh (its first call compiles)."""
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     model = Qwen3ForCausalLM(case.model)
     optimizer, schedule = make_optimizer(train_config)
@@ -188,21 +175,18 @@ def time_jax_train_step(case: BenchCase, train_config: Any, steps: int, warmup: 
                               params_shape(case.model))
     shardings = state_shardings(mesh, QWEN3_RULES, abstract)
     params = jax.device_put(init_params(case.model, jax.random.key(seed)), shardings.params)
-    state = jit_init_state(optimizer, shardings)(params)
+    holder = {"state": jit_init_state(optimizer, shardings)(params)}
     del params
     step_fn = jit_train_step(make_train_step(model, optimizer, schedule, grad_accum=1,
                                              loss_chunk=loss_chunk), mesh, shardings)
     batch = make_batch(case.model.vocab_size, case.batch_size, case.seq_len, seed)
     batch = {k: jax.device_put(batch[k], batch_sharding(mesh)) for k in BATCH_KEYS}
-    holder = {"state": state}
 
     def one_step() -> float:
-        holder["state"], metrics = step_fn(holder["state"], batch)
+        holder["state"], metrics = step_fn(holder["state"], batch)  # state is donated
         return float(jax.block_until_ready(metrics["loss"]))
 
-    result = _timed_steps(one_step, steps, warmup)
-    jax.block_until_ready(holder["state"])
-    return result
+    return one_step
 
 
 def _hf_config(cfg: Qwen3Config):
@@ -213,9 +197,10 @@ def _hf_config(cfg: Qwen3Config):
     return transformers.Qwen3Config(**values)
 
 
-def time_torch_train_step(case: BenchCase, train_config: Any, steps: int, warmup: int = 1,
-                          threads: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """transformers' Qwen3ForCausalLM (fp32) with torch AdamW; same batch, same optimizer knobs."""
+def torch_train_runner(case: BenchCase, train_config: Any, threads: int | None = None,
+                       seed: int = 0) -> Callable[[], float]:
+    """transformers' Qwen3ForCausalLM (fp32, default attention) with torch AdamW (default
+    implementation); the same batch and optimizer settings as ours."""
     import torch
     import transformers
     if threads:
@@ -243,9 +228,35 @@ def time_torch_train_step(case: BenchCase, train_config: Any, steps: int, warmup
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    result = _timed_steps(one_step, steps, warmup)
-    result["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
-    return result
+    one_step.attn_implementation = getattr(model.config, "_attn_implementation", None)
+    return one_step
+
+
+def time_interleaved(runners: dict[str, Callable[[], float]], steps: int,
+                     warmup: int = 1) -> dict[str, dict[str, Any]]:
+    """Times each runner's steps, alternating runners step by step so that both see the same
+    machine noise; `warmup` untimed rounds first (compiles JAX)."""
+    out = {name: {"warmup_s": [], "step_s": [], "losses": []} for name in runners}
+
+    def one_round(timed: bool) -> None:
+        for name, run in runners.items():
+            start = time.perf_counter()
+            loss = run()
+            elapsed = time.perf_counter() - start
+            if timed:
+                out[name]["step_s"].append(elapsed)
+                out[name]["losses"].append(loss)
+            else:
+                out[name]["warmup_s"].append(elapsed)
+
+    for _ in range(warmup):
+        one_round(timed=False)
+    for _ in range(steps):
+        one_round(timed=True)
+    for record in out.values():
+        record["median_s"] = statistics.median(record["step_s"])
+        record["min_s"] = min(record["step_s"])
+    return out
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -267,15 +278,15 @@ def run_case(case: BenchCase, train_config: Any, steps: int, peak_flops: float,
         "matmul_params": matmul_params(case.model), "tokens_per_step": case.tokens_per_step,
         "flops_per_token": flops_token, "flops_per_step": flops_token * case.tokens_per_step,
     }
-
-    def summarise(side: str, timing: dict[str, Any]) -> None:
-        tokens_s = case.tokens_per_step / timing["median_s"]
-        row[side] = {**timing, "tokens_per_s": tokens_s,
-                     "mfu": tokens_s * flops_token / peak_flops}
-
-    summarise("jax", time_jax_train_step(case, train_config, steps, warmup, loss_chunk))
+    runners = {"jax": jax_train_runner(case, train_config, loss_chunk)}
     if include_torch:
-        summarise("torch", time_torch_train_step(case, train_config, steps, warmup, threads))
+        runners["torch"] = torch_train_runner(case, train_config, threads)
+    timings = time_interleaved(runners, steps, warmup)
+    for side, timing in timings.items():
+        tokens_s = case.tokens_per_step / timing["median_s"]
+        row[side] = {**timing, "tokens_per_s": tokens_s, "mfu": tokens_s * flops_token / peak_flops}
+    if include_torch:
+        row["torch"]["attn_implementation"] = runners["torch"].attn_implementation
         row["ratio_jax_over_torch"] = row["jax"]["tokens_per_s"] / row["torch"]["tokens_per_s"]
     return row
 
@@ -326,7 +337,8 @@ def format_table(result: dict[str, Any]) -> str:
            + " GFLOP/s" if result["torch_peak"] else ""),
         result["flops_formula"],
         f"MFU vs the jnp.dot peak; step time = median of {result['steps']} steps after "
-        f"{result['warmup']} warmup (compile excluded); batch = one unpacked sequence per row.",
+        f"{result['warmup']} warmup (compile excluded), jax/torch steps interleaved; "
+        "batch = one unpacked sequence per row.",
         "",
     ]
     header = ("config", "params", "tok/step", "ours tok/s", "torch tok/s", "ours/torch",
@@ -353,17 +365,18 @@ def format_table(result: dict[str, Any]) -> str:
                   f"x{row['model']['head_dim']} ffn{row['model']['intermediate_size']} "
                   f"V{row['model']['vocab_size']} B{row['batch_size']} T{row['seq_len']}; "
                   f"{row['flops_per_step'] / 1e9:.1f} GFLOP/step; ours median "
-                  f"{row['jax']['median_s']:.3f}s (first call {row['jax']['warmup_s'][0]:.1f}s)")
+                  f"{row['jax']['median_s']:.3f}s min {row['jax']['min_s']:.3f}s "
+                  f"(first call {row['jax']['warmup_s'][0]:.1f}s)")
         if row.get("torch"):
-            detail += (f", torch median {row['torch']['median_s']:.3f}s "
-                       f"(attn={row['torch']['attn_implementation']})")
+            detail += (f"; torch median {row['torch']['median_s']:.3f}s "
+                       f"min {row['torch']['min_s']:.3f}s (attn={row['torch']['attn_implementation']})")
         lines.append(detail)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per config and framework")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per config and framework")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (JAX: compiles)")
     parser.add_argument("--configs", default="local,cpu_medium", help="comma-separated config names")
     parser.add_argument("--no-torch", action="store_true", help="time only our step")

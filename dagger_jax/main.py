@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 from absl import app, flags
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from dagger_jax.data.encode import encode_chat
@@ -61,6 +62,8 @@ def prepare_tokenizer(config: Any, workdir: Path) -> Path:
                                           config.tokenizer.vocab_size)
     if jax.process_index() == 0:
         save_tokenizer(load_tokenizer(source), target)
+    # The other processes read what process 0 just wrote.
+    multihost_utils.sync_global_devices("tokenizer written")
     return target
 
 

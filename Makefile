@@ -1,0 +1,20 @@
+# The two commands of the README. Both set up what they need first (idempotent).
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+WORKDIR ?= workdirs/demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: setup demo test
+
+setup: $(STAMP)
+
+# Reinstalls only when pyproject.toml changes. torch (test extra) is the CPU build.
+$(STAMP): pyproject.toml
+	bash tools/setup_env.sh $(PYTHON) $(VENV)
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/python -m dagger_jax.main --config=configs/local.py --workdir=$(WORKDIR)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

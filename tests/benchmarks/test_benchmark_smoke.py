@@ -1,0 +1,85 @@
+"""The train-step benchmark runs end to end on a minuscule model; its FLOPs count is right.
+
+No wall-clock assertions: only that every measured number is positive and finite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from dagger_jax.models.config import Qwen3Config
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("_bench_train_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+# h=4, i=8, L=2, H_q=2, H_kv=1, d=2, V=10, tied embeddings.
+HAND = Qwen3Config(vocab_size=10, hidden_size=4, intermediate_size=8, num_hidden_layers=2,
+                   num_attention_heads=2, num_key_value_heads=1, head_dim=2,
+                   tie_word_embeddings=True)
+
+
+def test_flops_formula_hand_count(bench):
+    # Per layer: q 4*4=16, k 4*2=8, v 8, o 4*4=16, gate/up/down 3*4*8=96 -> 144; two layers 288.
+    # LM head (the tied embedding, still a matmul) 4*10=40 -> N = 328.
+    assert bench.matmul_params(HAND) == 328
+    # 6*328 = 1968; attention 12 * L=2 * H_q=2 * d=2 * T=16 = 1536.
+    assert bench.train_flops_per_token(HAND, 16) == 1968 + 1536 == 3504
+    # Untied adds the separate head's params to num_params, not to N (the head is counted once).
+    untied = Qwen3Config(**{**HAND.to_dict(), "tie_word_embeddings": False})
+    assert bench.matmul_params(untied) == 328
+    assert untied.num_params == HAND.num_params + 40
+
+
+def test_benchmark_runs_on_a_tiny_model(bench, tmp_path):
+    model = Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                        rope_theta=10_000.0, max_position_embeddings=64)
+    cases = {"tiny": bench.BenchCase("tiny", model, batch_size=2, seq_len=8)}
+    train = ml_collections.ConfigDict(dict(steps=10, lr=1e-3, warmup_steps=1, schedule="cosine",
+                                           end_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
+                                           weight_decay=0.01, clip_grad_norm=1.0, loss_chunk=4))
+    result = bench.run_benchmark(["tiny"], steps=2, warmup=1, peak_sizes=(128,), peak_repeats=2,
+                                 cases=cases, train_config=train)
+
+    def positive_finite(x):
+        return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+    assert positive_finite(result["jax_peak"]["flops"])
+    assert positive_finite(result["torch_peak"]["flops"])
+    (row,) = result["rows"]
+    assert row["tokens_per_step"] == 16
+    assert row["flops_per_token"] == bench.train_flops_per_token(model, 8)
+    for side in ("jax", "torch"):
+        timing = row[side]
+        assert len(timing["step_s"]) == 2 and all(map(positive_finite, timing["step_s"]))
+        for key in ("median_s", "min_s", "tokens_per_s", "mfu"):
+            assert positive_finite(timing[key]), (side, key, timing[key])
+        assert all(map(positive_finite, timing["losses"]))  # a CE loss over 64 tokens is ~ln 64
+    assert positive_finite(row["ratio_jax_over_torch"])
+
+    table = bench.format_table(result)
+    assert "tiny" in table and "6*N + 12*L*H_q*head_dim*T" in table
+    json.dumps(result, default=str)  # what --json writes
+
+
+def test_local_config_case_matches_configs_local(bench):
+    local = bench.load_local_config()
+    case = bench.bench_cases(local)["local"]
+    assert case.model.hidden_size == local.model.hidden_size
+    assert (case.batch_size, case.seq_len) == (local.train.batch_size, local.train.seq_len)
