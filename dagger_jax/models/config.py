@@ -117,9 +117,10 @@ class Qwen3Config:
             raise ValueError(f"{where}: use_sliding_window=true is not supported")
         rope = hf.get("rope_parameters") or {}
         scaling = hf.get("rope_scaling")
-        rope_type = rope.get("rope_type") or (scaling or {}).get("rope_type") or "default"
-        if rope_type != "default":
-            raise ValueError(f"{where}: rope type {rope_type!r} is not supported (only 'default')")
+        # transformers 4 writes rope_scaling, 5 writes rope_parameters: both must be plain RoPE.
+        for rope_type in (rope.get("rope_type"), (scaling or {}).get("rope_type")):
+            if rope_type not in (None, "default"):
+                raise ValueError(f"{where}: rope type {rope_type!r} is not supported (only 'default')")
         rope_theta = rope.get("rope_theta", hf.get("rope_theta", 1_000_000.0))
         required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads")
