@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dagger_jax.models.attention import causal_attention
 from dagger_jax.models.config import Qwen3Config
 
 Array = jax.Array
@@ -64,24 +65,14 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return out.astype(x.dtype)
 
 
-def attention_mask(segment_ids: Array) -> Array:
-    """[batch, 1, 1, q, k] boolean: causal and within one packed segment.
-
-    Padding (segment 0) attends to padding, so no row is empty and softmax never sees all -inf.
-    """
-    seq = segment_ids.shape[-1]
-    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return (same & causal)[:, None, None, :, :]
-
-
 class Attention(nn.Module):
     config: Qwen3Config
     dtype: Any
     param_dtype: Any
+    attention_block: int = 0
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array) -> Array:
         cfg = self.config
         d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         dense = lambda features, name: nn.Dense(  # noqa: E731
@@ -95,13 +86,7 @@ class Attention(nn.Module):
         v = dense(hkv * d, "v_proj")(x).reshape(batch, seq, hkv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        # Grouped-query attention without repeating k/v: query heads are [kv_head, group].
-        q = q.reshape(batch, seq, hkv, hq // hkv, d)
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
-        scores = scores * (d ** -0.5)
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(batch, seq, hq * d)
+        out = causal_attention(q, k, v, segment_ids, self.attention_block)
         return dense(cfg.hidden_size, "o_proj")(out)
 
 
@@ -125,12 +110,14 @@ class DecoderLayer(nn.Module):
     config: Qwen3Config
     dtype: Any
     param_dtype: Any
+    attention_block: int = 0
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> tuple[Array, None]:
+    def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array) -> tuple[Array, None]:
         eps = self.config.rms_norm_eps
         h = RMSNorm(eps, self.dtype, self.param_dtype, name="input_layernorm")(x)
-        x = x + Attention(self.config, self.dtype, self.param_dtype, name="self_attn")(h, cos, sin, mask)
+        attention = Attention(self.config, self.dtype, self.param_dtype, self.attention_block, name="self_attn")
+        x = x + attention(h, cos, sin, segment_ids)
         h = RMSNorm(eps, self.dtype, self.param_dtype, name="post_attention_layernorm")(x)
         x = x + MLP(self.config, self.dtype, self.param_dtype, name="mlp")(h)
         return x, None
@@ -143,6 +130,7 @@ class Qwen3ForCausalLM(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: str = "none"
+    attention_block: int = 0  # queries per causal block; 0 = dense (see models/attention.py)
 
     @nn.compact
     def __call__(self, input_ids: Array, positions: Array | None = None,
@@ -159,7 +147,6 @@ class Qwen3ForCausalLM(nn.Module):
         embedding = self.param("embed_tokens", _DENSE_INIT, (cfg.vocab_size, cfg.hidden_size), param_dtype)
         x = jnp.take(embedding, input_ids, axis=0).astype(dtype)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        mask = attention_mask(segment_ids)
 
         layer = DecoderLayer
         if self.remat != "none":
@@ -167,7 +154,7 @@ class Qwen3ForCausalLM(nn.Module):
         stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                         length=cfg.num_hidden_layers)
-        x, _ = stack(cfg, dtype, param_dtype, name="layers")(x, cos, sin, mask)
+        x, _ = stack(cfg, dtype, param_dtype, self.attention_block, name="layers")(x, cos, sin, segment_ids)
         x = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="norm")(x)
 
         if not cfg.tie_word_embeddings:

@@ -54,7 +54,8 @@ class Trainer:
         self.model_config = model_config
         self.mesh = make_mesh(tuple(config.mesh.shape))
         self.model = Qwen3ForCausalLM(model_config, dtype=config.dtype,
-                                      param_dtype=config.param_dtype, remat=config.remat)
+                                      param_dtype=config.param_dtype, remat=config.remat,
+                                      attention_block=config.attention_block)
         self.optimizer, self.schedule = make_optimizer(config.train)
         abstract_params = params_shape(model_config, jnp.dtype(config.param_dtype))
         self.abstract_state = jax.eval_shape(

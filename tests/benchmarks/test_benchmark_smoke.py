@@ -72,6 +72,7 @@ def test_benchmark_runs_on_a_tiny_model(bench, tmp_path):
             assert positive_finite(timing[key]), (side, key, timing[key])
         assert all(map(positive_finite, timing["losses"]))  # a CE loss over 64 tokens is ~ln 64
     assert positive_finite(row["ratio_jax_over_torch"])
+    assert positive_finite(row["ratio_jax_over_torch_min"])
 
     table = bench.format_table(result)
     assert "tiny" in table and "6*N + 12*L*H_q*head_dim*T" in table
