@@ -1,0 +1,121 @@
+"""The one task type every source yields, and its JSONL form.
+
+A task is a repository at a base state plus what grading needs: which tests must go from
+failing to passing (FAIL_TO_PASS), which must keep passing (PASS_TO_PASS), which test files to
+restore before grading (so an agent that edits tests gains nothing), and the gold patch where
+known. The repository comes either as files (`repo_files`, small generated tasks) or as a
+docker image that already holds it at /testbed (SWE-bench / SWE-Gym).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "heldout", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    instance_id: str
+    source: str                      # synthetic | pypi | swebench
+    problem_statement: str
+    fail_to_pass: tuple[str, ...]
+    pass_to_pass: tuple[str, ...]
+    test_files: tuple[str, ...]      # repo-relative paths restored before grading
+    test_command: str                # run from /testbed; its log goes to the parser
+    log_parser: str = "pytest"       # a swebench log parser name
+    split: str = "train"
+    repo_files: Mapping[str, str] | None = None   # path -> text at the base state
+    image: str | None = None         # docker image with the repo at /testbed
+    gold_patch: str | None = None
+    test_patch: str | None = None    # SWE-bench: applied after restoring test_files
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"task {self.instance_id!r}"
+        if not self.instance_id:
+            raise ValueError("task: empty instance_id")
+        if self.split not in SPLITS:
+            raise ValueError(f"{where}: split {self.split!r} not in {SPLITS}")
+        if self.repo_files is None and self.image is None:
+            raise ValueError(f"{where}: needs repo_files or an image")
+        if not self.fail_to_pass:
+            raise ValueError(f"{where}: FAIL_TO_PASS is empty (nothing to fix)")
+        overlap = set(self.fail_to_pass) & set(self.pass_to_pass)
+        if overlap:
+            raise ValueError(f"{where}: tests both in FAIL_TO_PASS and PASS_TO_PASS: {sorted(overlap)[:3]}")
+        for path in self.test_files + tuple(self.repo_files or ()):
+            if path.startswith("/") or ".." in Path(path).parts:
+                raise ValueError(f"{where}: path {path!r} must be relative and inside the repo")
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["schema_version"] = SCHEMA_VERSION
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "task") -> "Task":
+        data = dict(data)
+        version = data.pop("schema_version", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"{where}: schema_version {version} is newer than this code ({SCHEMA_VERSION})")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}")
+        for key in ("fail_to_pass", "pass_to_pass", "test_files"):
+            if key in data:
+                if not isinstance(data[key], (list, tuple)):
+                    raise ValueError(f"{where}: {key} must be a list, got {type(data[key]).__name__}")
+                data[key] = tuple(data[key])
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class BadTaskLine:
+    """A JSONL line that is not a valid task: recorded and skipped, never fatal to a run."""
+
+    path: str
+    line_number: int
+    reason: str
+
+
+def write_tasks(tasks: Iterable[Task], path: str | Path) -> int:
+    """Writes tasks as JSONL atomically (temp file, then rename); returns the count."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    count = 0
+    with tmp.open("w") as f:
+        for task in tasks:
+            f.write(json.dumps(task.to_json(), sort_keys=True) + "\n")
+            count += 1
+    tmp.rename(path)
+    return count
+
+
+def read_tasks(path: str | Path) -> Iterator[Task | BadTaskLine]:
+    """Yields each line's Task, or a BadTaskLine saying what is wrong with it and where."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {path} does not exist")
+    with path.open() as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = json.loads(line)
+                if not isinstance(data, dict):
+                    raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+                yield Task.from_json(data, where=where)
+            except json.JSONDecodeError as e:
+                yield BadTaskLine(str(path), number, f"{where}: not JSON ({e.msg})")
+            except ValueError as e:
+                yield BadTaskLine(str(path), number, str(e))

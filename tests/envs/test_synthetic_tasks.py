@@ -1,0 +1,83 @@
+"""Synthetic bug-fix tasks: deterministic, broken by exactly the injected bug, fixable by gold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dagger_jax.envs.tasks.mutations import Mutation, apply_mutation, candidate_mutations, normalise
+from dagger_jax.envs.tasks.synthetic import Difficulty, generate_task, generate_tasks
+from dagger_jax.envs.tasks.task import BadTaskLine, Task, read_tasks, write_tasks
+
+
+def test_same_seed_same_task_and_splits_are_disjoint():
+    assert generate_task(3, 1) == generate_task(3, 1)
+    train = generate_tasks(40, seed=3)
+    heldout = generate_tasks(40, seed=3, split="heldout")
+    contents = lambda ts: {json.dumps(t.repo_files, sort_keys=True) for t in ts}  # noqa: E731
+    assert not contents(train) & contents(heldout)
+    assert not {t.instance_id for t in train} & {t.instance_id for t in heldout}
+    assert len(contents(train)) == 40
+
+
+def test_every_task_has_failing_and_passing_tests_and_a_minimal_gold_patch():
+    for task in generate_tasks(30, seed=11, difficulty=Difficulty(files=2, functions_per_file=2,
+                                                                   distractors=1)):
+        assert task.fail_to_pass and task.pass_to_pass
+        assert set(task.test_files) <= set(task.repo_files)
+        changed = [line for line in task.gold_patch.splitlines()
+                   if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        assert len(changed) == 2, task.gold_patch  # one line out, one line in
+        assert task.metadata["target_function"] in task.problem_statement
+        assert task.metadata["target_file"] in task.problem_statement
+
+
+def test_difficulty_knobs_shape_the_repo():
+    task = generate_task(0, 0, difficulty=Difficulty(files=3, functions_per_file=2, distractors=2,
+                                                      name_location=False))
+    modules = [p for p in task.repo_files if not p.startswith("tests/") and not p.endswith("__init__.py")]
+    assert len(modules) == 3 and len(task.test_files) == 3
+    assert task.metadata["target_file"] not in task.problem_statement
+    source = "".join(task.repo_files[m] for m in modules)
+    assert source.count("def ") == 3 * 2 + 2
+
+
+def test_mutations_change_exactly_one_thing():
+    source = normalise("def f(a, b):\n    if a < b and b > 0:\n        return a + 1\n    return b\n")
+    mutations = list(candidate_mutations(source, "f"))
+    operators = {m.operator for m in mutations}
+    assert operators == {"compare", "arith", "constant", "boolop", "variable"}
+    for m in mutations:
+        mutant = apply_mutation(source, m)
+        assert mutant != source
+        assert sum(x != y for x, y in zip(mutant.splitlines(), source.splitlines())) == 1
+    with pytest.raises(ValueError, match="no top-level function 'g'"):
+        apply_mutation(source, Mutation("compare", "g", 0, ""))
+
+
+def test_jsonl_round_trip_and_bad_lines_are_reported_not_fatal(tmp_path):
+    tasks = generate_tasks(3, seed=5)
+    path = tmp_path / "tasks.jsonl"
+    assert write_tasks(tasks, path) == 3
+    with path.open("a") as f:
+        f.write("{not json\n")
+        f.write(json.dumps({**tasks[0].to_json(), "fail_to_pass": []}) + "\n")
+        f.write(json.dumps({**tasks[0].to_json(), "colour": "red"}) + "\n")
+        f.write(json.dumps({**tasks[0].to_json(), "schema_version": 99}) + "\n")
+    items = list(read_tasks(path))
+    assert [i for i in items if isinstance(i, Task)] == tasks
+    bad = [i for i in items if isinstance(i, BadTaskLine)]
+    assert [b.line_number for b in bad] == [4, 5, 6, 7]
+    assert "not JSON" in bad[0].reason and f"{path}:4" in bad[0].reason
+    assert "FAIL_TO_PASS is empty" in bad[1].reason
+    assert "unknown keys ['colour']" in bad[2].reason
+    assert "schema_version 99" in bad[3].reason
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list(read_tasks(tmp_path / "missing.jsonl"))
+
+
+def test_task_paths_must_stay_inside_the_repo():
+    good = generate_task(0, 0)
+    with pytest.raises(ValueError, match="must be relative and inside the repo"):
+        Task(**{**good.__dict__, "test_files": ("../outside.py",)})
