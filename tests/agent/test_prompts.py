@@ -1,0 +1,53 @@
+"""System and task prompts: the tools, the call format, the repository path and how to finish."""
+
+from __future__ import annotations
+
+import pytest
+
+from dagger_jax.agent import (
+    DEFAULT_TOOLS,
+    EXECUTE_BASH,
+    initial_messages,
+    parse_action,
+    system_prompt,
+    task_prompt,
+)
+
+
+def test_system_prompt_lists_every_tool_and_parameter() -> None:
+    prompt = system_prompt()
+    for tool in DEFAULT_TOOLS:
+        assert f"## {tool.name}\n{tool.description}" in prompt
+        for parameter in tool.parameters:
+            assert f"- {parameter.name} (" in prompt
+    assert (
+        "<function=TOOL_NAME>\n<parameter=PARAMETER_NAME>\nvalue\n</parameter>\n</function>"
+        in prompt
+    )
+    # The example the prompt gives is a turn the parser accepts.
+    example = prompt.split("- Example:\n", 1)[1]
+    assert parse_action(example).ok
+
+
+def test_system_prompt_follows_the_tools_given() -> None:
+    prompt = system_prompt([EXECUTE_BASH])
+    assert "execute_bash" in prompt and "str_replace_editor" not in prompt
+    with pytest.raises(ValueError, match="no tools given"):
+        system_prompt([])
+
+
+def test_task_prompt() -> None:
+    prompt = task_prompt("`add(2, 3)` returns 6.\n")
+    assert "/testbed" in prompt and "<issue>\n`add(2, 3)` returns 6.\n</issue>" in prompt
+    assert "`finish`" in prompt
+    assert "/work/repo" in task_prompt("bug", repo_path="/work/repo")
+    with pytest.raises(ValueError, match="problem statement is empty"):
+        task_prompt("  \n")
+
+
+def test_initial_messages() -> None:
+    messages = initial_messages("bug")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[0]["content"] == system_prompt() and messages[1]["content"] == task_prompt(
+        "bug"
+    )
