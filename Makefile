@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 WORKDIR ?= workdirs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test
+.PHONY: setup sandbox-deps demo test
 
 setup: $(STAMP)
 
@@ -13,8 +13,12 @@ $(STAMP): pyproject.toml
 	bash tools/setup_env.sh $(PYTHON) $(VENV)
 	touch $(STAMP)
 
+# docker.io, bubblewrap, debootstrap; a running dockerd; the sandbox base image (cached).
+sandbox-deps: setup
+	bash tools/ensure_sandbox_deps.sh $(VENV)/bin/python
+
 demo: setup
 	$(VENV)/bin/python -m dagger_jax.main --config=configs/local.py --workdir=$(WORKDIR)
 
-test: setup
+test: setup sandbox-deps
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -141,7 +141,8 @@ def generate_task(seed: int, index: int, split: str = "train",
     mutation, buggy, results, broken = found
     target_cases = [c for c in cases[target_module] if c[0] == target_name]
 
-    files = {f"{package}/__init__.py": ""}
+    # Keep bytecode and caches out of `git diff` (the episode's patch).
+    files = {".gitignore": "__pycache__/\n*.pyc\n.pytest_cache/\n", f"{package}/__init__.py": ""}
     test_files = []
     for module in modules:
         files[f"{package}/{module}.py"] = buggy if module == target_module else sources[module]

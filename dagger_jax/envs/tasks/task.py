@@ -27,7 +27,7 @@ class Task:
     pass_to_pass: tuple[str, ...]
     test_files: tuple[str, ...]      # repo-relative paths restored before grading
     test_command: str                # run from /testbed; its log goes to the parser
-    log_parser: str = "pytest"       # a swebench log parser name
+    log_parser: str = "parse_log_pytest"   # a name in swebench's PARSER_REGISTRY
     split: str = "train"
     repo_files: Mapping[str, str] | None = None   # path -> text at the base state
     image: str | None = None         # docker image with the repo at /testbed

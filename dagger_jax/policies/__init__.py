@@ -1,0 +1,1 @@
+"""Anything that maps an agent's state to its next action text."""

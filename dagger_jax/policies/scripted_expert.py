@@ -1,0 +1,126 @@
+"""The scripted expert: a privileged teacher that acts toward the fix from any state.
+
+It knows the task's base files and gold patch, so it knows what every file should finally
+contain. Each turn it reads the sandbox (git status and the files that matter) and takes the
+next step of a plain plan: repair damage (restore deleted or broken files, remove junk), view
+the file with the bug, make the fix with one small str_replace, run the tests, finish. Because
+it decides from the sandbox, not from its own past, it recovers from whatever state a student
+leaves: a wrong edit, a deleted file, broken syntax, edited tests, a premature test run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+from typing import Sequence
+
+from dagger_jax.agent import ToolCall, parse_action, render_action
+from dagger_jax.envs.sandbox.base import Sandbox, SandboxFileError
+from dagger_jax.envs.tasks.task import Task
+from dagger_jax.policies.base import AgentState
+from dagger_jax.policies.patching import apply_patch
+
+REPO = "/testbed"
+_IGNORED = ("__pycache__", ".pytest_cache", ".pyc")
+
+
+def desired_files(task: Task) -> dict[str, str | None]:
+    """Every file of the solved repo (None: must not exist)."""
+    if task.repo_files is None or task.gold_patch is None:
+        raise ValueError(f"the scripted expert needs repo_files and a gold patch; task "
+                         f"{task.instance_id} has {'no repo_files' if task.repo_files is None else 'no gold patch'}")
+    return {**task.repo_files, **apply_patch(task.repo_files, task.gold_patch)}
+
+
+def changed_paths(sandbox: Sandbox) -> list[str]:
+    """Paths git sees as changed, deleted or new under /testbed (caches ignored)."""
+    result = sandbox.run(f"cd {REPO} && git status --porcelain --untracked-files=all", timeout_s=30)
+    if result.exit_code != 0:
+        raise RuntimeError(f"git status failed in {REPO}: {result.output[-300:]}")
+    paths = []
+    for line in result.output.splitlines():
+        path = line[3:].split(" -> ")[-1].strip().strip('"')
+        if path and not any(part in path for part in _IGNORED):
+            paths.append(path)
+    return paths
+
+
+def _read(sandbox: Sandbox, path: str) -> str | None:
+    try:
+        return sandbox.read_file(f"{REPO}/{path}")
+    except SandboxFileError:
+        return None
+
+
+def minimal_replacement(current: str, desired: str) -> tuple[str, str]:
+    """(old_str, new_str) for one str_replace that moves `current` toward `desired`.
+
+    Takes the first differing block of lines and widens it with context until old_str occurs
+    exactly once in `current` (the editor refuses an ambiguous old_str).
+    """
+    cur, des = current.splitlines(keepends=True), desired.splitlines(keepends=True)
+    opcodes = [op for op in difflib.SequenceMatcher(a=cur, b=des, autojunk=False).get_opcodes()
+               if op[0] != "equal"]
+    _, i1, i2, j1, j2 = opcodes[0]
+    before = after = 0
+    while True:
+        old = "".join(cur[i1 - before:i2 + after])
+        if old and current.count(old) == 1:
+            return old, "".join(des[j1 - before:j2 + after])
+        if i1 - before > 0:
+            before += 1
+        elif i2 + after < len(cur):
+            after += 1
+        else:  # the whole file is the block: replace all of it
+            return current, desired
+
+
+def _executed_calls(messages: Sequence[dict[str, str]]) -> list[ToolCall]:
+    calls = []
+    for message in messages:
+        if message.get("role") == "assistant":
+            parsed = parse_action(message.get("content") or "")
+            if parsed.ok:
+                calls.append(parsed.call)
+    return calls
+
+
+class ScriptedExpert:
+    """Acts toward the gold solution from the sandbox's current state."""
+
+    name = "expert"
+
+    def act(self, state: AgentState) -> str:
+        task, sandbox = state.task, state.sandbox
+        desired = desired_files(task)
+        targets = sorted(p for p in apply_patch(task.repo_files, task.gold_patch))
+        calls = _executed_calls(state.messages)
+        changed = set(changed_paths(sandbox))
+        # Damage first (files the fix does not touch), then the fix itself.
+        for path in sorted(changed - set(targets)) + targets:
+            current, wanted = _read(sandbox, path), desired.get(path)
+            if current == wanted:
+                continue
+            if wanted is None:
+                return render_action(ToolCall("execute_bash", {"command": f"rm -f {shlex.quote(path)}"}),
+                                     f"`{path}` is not part of the project; removing it.")
+            full = f"{REPO}/{path}"
+            if current is None:
+                return render_action(
+                    ToolCall("str_replace_editor", {"command": "create", "path": full, "file_text": wanted}),
+                    f"`{path}` is missing; restoring it.")
+            viewed = any(c.name == "str_replace_editor" and c.params.get("command") == "view"
+                         and c.params.get("path") == full for c in calls)
+            if path in targets and not viewed:
+                return render_action(
+                    ToolCall("str_replace_editor", {"command": "view", "path": full}),
+                    f"Let me look at `{path}`, where the problem should be.")
+            old, new = minimal_replacement(current, wanted)
+            reason = ("This is the bug; fixing it." if path in targets
+                      else f"`{path}` was changed by mistake; restoring this part.")
+            return render_action(ToolCall("str_replace_editor", {
+                "command": "str_replace", "path": full, "old_str": old, "new_str": new}), reason)
+        if calls and calls[-1].name == "execute_bash" and calls[-1].params.get("command") == task.test_command:
+            return render_action(ToolCall("finish", {}), "The tests pass; the fix is complete.")
+        return render_action(ToolCall("execute_bash", {"command": task.test_command}),
+                             "Running the tests to check the fix.")

@@ -1,0 +1,1 @@
+"""Running episodes: the agent loop in a sandbox, turn by turn."""

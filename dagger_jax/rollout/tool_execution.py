@@ -1,0 +1,37 @@
+"""Carries out one parsed tool call in the episode's sandbox and words the observation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dagger_jax.agent import (ToolCall, format_bash_observation, format_error_observation,
+                              format_observation, typed_arguments)
+from dagger_jax.envs.editor import StrReplaceEditor
+from dagger_jax.envs.sandbox.base import Sandbox
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOutcome:
+    observation: str
+    finished: bool = False
+
+
+def execute_call(call: ToolCall, sandbox: Sandbox, editor: StrReplaceEditor,
+                 max_observation_chars: int) -> StepOutcome:
+    """Runs a call that parse_action accepted. `finish` ends the episode without running anything."""
+    if call.name == "finish":
+        return StepOutcome("", finished=True)
+    args = typed_arguments(call.name, call.params)
+    if call.name == "execute_bash":
+        result = sandbox.run(str(args["command"]))
+        exit_code = None if result.timed_out else result.exit_code
+        timeout = sandbox.limits.command_timeout_s if result.timed_out else None
+        return StepOutcome(format_bash_observation(result.output, exit_code, max_observation_chars,
+                                                   timeout_s=timeout))
+    if call.name == "str_replace_editor":
+        result = editor(**args)
+        if result.error:
+            return StepOutcome(format_error_observation(result.output, max_observation_chars))
+        return StepOutcome(format_observation(result.output, max_observation_chars))
+    return StepOutcome(format_error_observation(f"tool `{call.name}` has no executor",
+                                                max_observation_chars))

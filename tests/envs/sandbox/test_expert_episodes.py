@@ -1,0 +1,87 @@
+"""Whole episodes in real sandboxes: the expert resolves every task, from clean and damaged
+states; noop resolves none; a fault ends only its own episode."""
+
+from __future__ import annotations
+
+import random
+
+from dagger_jax.envs.corruption import corrupt
+from dagger_jax.envs.sandbox import SandboxError
+from dagger_jax.envs.tasks.synthetic import Difficulty, generate_tasks
+from dagger_jax.policies.base import AgentState, NoopPolicy
+from dagger_jax.policies.scripted_expert import ScriptedExpert, minimal_replacement
+from dagger_jax.rollout.episode import run_episode
+
+TASKS = generate_tasks(6, seed=41, difficulty=Difficulty(files=2, functions_per_file=2, distractors=1))
+
+
+def test_expert_resolves_all_and_noop_none(backend):
+    expert = [run_episode(t, ScriptedExpert(), backend) for t in TASKS]
+    noop = [run_episode(t, NoopPolicy(), backend) for t in TASKS]
+    assert [r.resolved for r in expert] == [True] * len(TASKS), [r.summary() for r in expert]
+    assert all(r.end_reason == "finish" and r.turns == 4 for r in expert)
+    assert not any(r.resolved for r in noop)
+    assert all(r.grade.fail_to_pass_passed == 0 for r in noop)
+
+
+def test_expert_recovers_from_random_wrong_edits(backend):
+    rng = random.Random(7)
+    results, damage = [], []
+    for task in TASKS:
+        def setup(sandbox, task=task):
+            damage.append(corrupt(sandbox, task, rng, edits=3))
+        results.append(run_episode(task, ScriptedExpert(), backend, setup=setup))
+    assert all(r.resolved for r in results), [(r.summary(), d) for r, d in zip(results, damage)]
+    kinds = {edit.split()[0] for edits in damage for edit in edits}
+    assert len(kinds) >= 4, kinds  # the damage really varied
+    # Repairs cost turns: the damaged episodes are longer than the clean 4-turn ones.
+    assert sum(r.turns for r in results) > 4 * len(TASKS)
+
+
+def test_unparseable_turns_are_observations_and_the_episode_goes_on(backend):
+    class Mumbler:
+        name = "mumbler"
+
+        def __init__(self):
+            self.expert = ScriptedExpert()
+            self.turn = 0
+
+        def act(self, state: AgentState) -> str:
+            self.turn += 1
+            return "I am not sure what to do." if self.turn == 1 else self.expert.act(state)
+
+    result = run_episode(TASKS[0], Mumbler(), backend)
+    assert result.resolved and result.turns == 5
+    assert result.messages[3]["role"] == "tool" and result.messages[3]["content"].startswith("ERROR:")
+
+
+def test_turn_limit_and_policy_errors_end_the_episode_with_a_reason(backend):
+    limited = run_episode(TASKS[0], ScriptedExpert(), backend, max_turns=1)  # only looked
+    assert limited.end_reason == "turn_limit" and limited.turns == 1 and not limited.resolved
+    # Grading judges the repository, as the harness does: fixed but unfinished still resolves.
+    fixed = run_episode(TASKS[0], ScriptedExpert(), backend, max_turns=2)
+    assert fixed.end_reason == "turn_limit" and fixed.resolved
+
+    class Crashing:
+        name = "crashing"
+
+        def act(self, state):
+            raise RuntimeError("model server went away")
+
+    crashed = run_episode(TASKS[0], Crashing(), backend)
+    assert crashed.end_reason == "policy_error" and "model server went away" in crashed.error
+
+
+def test_a_missing_image_is_this_episodes_recorded_reason(docker_backend):
+    task = TASKS[0].__class__(**{**TASKS[0].__dict__, "image": "dagger-jax/no-such-image:1"})
+    result = run_episode(task, ScriptedExpert(), docker_backend)
+    assert result.end_reason == "sandbox_error" and not result.resolved
+    assert "no-such-image" in result.error
+
+
+def test_minimal_replacement_is_unique_and_small():
+    current = "a = 1\nb = 2\na = 1\nc = 3\n"
+    desired = "a = 1\nb = 2\na = 5\nc = 3\n"
+    old, new = minimal_replacement(current, desired)
+    assert current.count(old) == 1 and current.replace(old, new) == desired
+    assert len(old.splitlines()) <= 2
