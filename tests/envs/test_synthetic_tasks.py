@@ -36,7 +36,8 @@ def test_every_task_has_failing_and_passing_tests_and_a_minimal_gold_patch():
 def test_difficulty_knobs_shape_the_repo():
     task = generate_task(0, 0, difficulty=Difficulty(files=3, functions_per_file=2, distractors=2,
                                                       name_location=False))
-    modules = [p for p in task.repo_files if not p.startswith("tests/") and not p.endswith("__init__.py")]
+    modules = [p for p in task.repo_files
+               if p.endswith(".py") and not p.startswith("tests/") and not p.endswith("__init__.py")]
     assert len(modules) == 3 and len(task.test_files) == 3
     assert task.metadata["target_file"] not in task.problem_statement
     source = "".join(task.repo_files[m] for m in modules)
