@@ -1,26 +1,35 @@
 """Grades an episode the way the SWE-bench harness does, inside the episode's sandbox.
 
 Order matters: the episode's patch is taken first (`git diff` of everything the agent changed),
-then the task's test files are restored to their base state (and the task's test patch applied),
-so an agent that edited the tests gains nothing; then the test command runs between the
-harness's log markers, its log is parsed by `swebench`'s parser, and the verdict is
-`swebench`'s own: resolved when every FAIL_TO_PASS and every PASS_TO_PASS test passes.
+then the tests run with the task's test files restored (so an agent that edited the tests gains
+nothing): for SWE-bench instances through the harness's own eval script, for generated tasks by
+restoring the files, applying the test patch and running the test command between the
+harness's log markers. The full log is written to a file in the sandbox and read back (never
+the capped command output), then judged by `swebench` itself: its log reader
+(`get_logs_eval`, with its checks for a suite that did not run), its report and its rule
+(resolved = every FAIL_TO_PASS and every PASS_TO_PASS test passes).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shlex
+import tempfile
+from pathlib import Path
 
+from swebench import types as swebench_types
 from swebench.harness.constants import (END_TEST_OUTPUT, FAIL_TO_PASS, PASS_TO_PASS,
-                                        START_TEST_OUTPUT, ResolvedStatus)
-from swebench.harness.grading import get_eval_tests_report, get_resolution_status
+                                        START_TEST_OUTPUT, EvalType, ResolvedStatus)
+from swebench.harness.grading import get_eval_tests_report, get_logs_eval, get_resolution_status
 from swebench.harness.log_parsers import PARSER_REGISTRY
+from swebench.harness.utils import parse_eval_script, record_test_exit_code
 
 from dagger_jax.envs.sandbox.base import Sandbox
 from dagger_jax.envs.tasks.task import Task
 
 REPO = "/testbed"
+EVAL_SCRIPT = "/tmp/dagger_jax_eval.sh"
+EVAL_LOG = "/tmp/dagger_jax_eval.log"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,48 +45,65 @@ class GradeResult:
     error: str | None = None       # why grading could not judge (then resolved is False)
 
 
+def test_spec(task: Task) -> swebench_types.TestSpec:
+    """The harness's view of the task (what its log reader and report need)."""
+    if task.log_parser not in PARSER_REGISTRY:
+        raise ValueError(f"task {task.instance_id}: log parser {task.log_parser!r} is not in "
+                         f"swebench's PARSER_REGISTRY")
+    return swebench_types.TestSpec(
+        instance_id=task.instance_id, image=task.image or "", eval_script_list=eval_script_lines(task),
+        repo=str(task.metadata.get("repo", task.source)), version=str(task.metadata.get("version", "")),
+        FAIL_TO_PASS=list(task.fail_to_pass), PASS_TO_PASS=list(task.pass_to_pass),
+        log_parser=task.log_parser, eval_type=task.eval_type)
+
+
+def eval_script_lines(task: Task) -> list[str]:
+    """The eval script's commands: the task's own (SWE-bench), else one built like the harness's."""
+    if task.eval_script:
+        return record_test_exit_code(parse_eval_script(task.eval_script))
+    files = " ".join(shlex.quote(f) for f in task.test_files)
+    lines = [f"cd {REPO}", "git reset -q"]
+    if files:
+        lines.append(f"git checkout -q HEAD -- {files}")
+    if task.test_patch:
+        lines.append(f"git apply -v - <<'DAGGER_JAX_TEST_PATCH'\n{task.test_patch}\nDAGGER_JAX_TEST_PATCH")
+    lines += [f"echo {shlex.quote(START_TEST_OUTPUT)}", task.test_command,
+              f"echo {shlex.quote(END_TEST_OUTPUT)}"]
+    return record_test_exit_code(lines)
+
+
 def episode_patch(sandbox: Sandbox, timeout_s: float = 60) -> str:
     """Everything changed in /testbed since the base commit, new files included."""
-    result = sandbox.run(f"cd {REPO} && git add -A >/dev/null && git diff --cached --no-color HEAD",
-                         timeout_s=timeout_s)
+    result = sandbox.run(f"cd {REPO} && git add -A >/dev/null && git diff --cached --no-color HEAD "
+                         f"> {EVAL_LOG}.patch", timeout_s=timeout_s)
     if result.exit_code != 0:
         raise RuntimeError(f"git diff in {REPO} failed ({result.exit_code}): {result.output[-500:]}")
-    return result.output
-
-
-def _restore_tests_command(task: Task) -> str:
-    files = " ".join(shlex.quote(f) for f in task.test_files)
-    steps = [f"cd {REPO}", "git reset -q", f"git checkout -q HEAD -- {files}" if files else "true"]
-    if task.test_patch:
-        steps.append(f"git apply -v - <<'DAGGER_JAX_TEST_PATCH'\n{task.test_patch}\nDAGGER_JAX_TEST_PATCH")
-    return " && ".join(steps)
+    return sandbox.read_file(f"{EVAL_LOG}.patch")
 
 
 def run_tests(sandbox: Sandbox, task: Task, timeout_s: float) -> str:
-    """Restores the test files, runs the task's tests, returns the log with harness markers."""
-    restore = sandbox.run(_restore_tests_command(task), timeout_s=60)
-    if restore.exit_code != 0:
-        raise RuntimeError(f"restoring test files failed ({restore.exit_code}): {restore.output[-500:]}")
-    command = (f"cd {REPO} && echo {shlex.quote(START_TEST_OUTPUT)} && "
-               f"{{ {task.test_command} ; }} ; echo {shlex.quote(END_TEST_OUTPUT)}")
-    return sandbox.run(command, timeout_s=timeout_s).output
+    """Runs the eval script; returns its whole log (read from a file, not the capped output)."""
+    script = "\n".join(["#!/bin/bash", "set -uxo pipefail", *eval_script_lines(task)]) + "\n"
+    sandbox.write_file(EVAL_SCRIPT, script)
+    sandbox.run(f"bash {EVAL_SCRIPT} > {EVAL_LOG} 2>&1", timeout_s=timeout_s)
+    return sandbox.read_file(EVAL_LOG)
 
 
 def verdict(task: Task, log: str) -> tuple[str, dict]:
     """(swebench resolution status, swebench report) of a test log for this task."""
-    if task.log_parser not in PARSER_REGISTRY:
-        raise ValueError(f"task {task.instance_id}: log parser {task.log_parser!r} is not in "
-                         f"swebench's PARSER_REGISTRY")
-    if START_TEST_OUTPUT in log and END_TEST_OUTPUT in log:
-        log = log.split(START_TEST_OUTPUT, 1)[1].split(END_TEST_OUTPUT, 1)[0]
-    status_map = PARSER_REGISTRY[task.log_parser](log, None)
-    report = get_eval_tests_report(status_map, {FAIL_TO_PASS: list(task.fail_to_pass),
-                                                PASS_TO_PASS: list(task.pass_to_pass)})
-    return get_resolution_status(report), report
+    spec = test_spec(task)
+    with tempfile.TemporaryDirectory(prefix="dagger_jax-grade-") as tmp:
+        log_file = Path(tmp) / "eval.log"
+        log_file.write_text(log)
+        status_map, usable = get_logs_eval(spec, str(log_file))
+    gold = {FAIL_TO_PASS: list(task.fail_to_pass), PASS_TO_PASS: list(task.pass_to_pass)}
+    report = get_eval_tests_report(status_map if usable else {}, gold,
+                                   eval_type=EvalType(task.eval_type))
+    return (get_resolution_status(report) if usable else ResolvedStatus.NO.value), report
 
 
-def grade(sandbox: Sandbox, task: Task, timeout_s: float = 300) -> GradeResult:
-    """Takes the patch, restores the tests, runs them and judges; never raises for a bad episode."""
+def grade(sandbox: Sandbox, task: Task, timeout_s: float = 600) -> GradeResult:
+    """Takes the patch, runs the tests, judges; never raises for a bad episode."""
     patch, log = "", ""
     try:
         patch = episode_patch(sandbox)

@@ -26,13 +26,15 @@ class Task:
     fail_to_pass: tuple[str, ...]
     pass_to_pass: tuple[str, ...]
     test_files: tuple[str, ...]      # repo-relative paths restored before grading
-    test_command: str                # run from /testbed; its log goes to the parser
+    test_command: str = ""           # run from /testbed; its log goes to the parser
     log_parser: str = "parse_log_pytest"   # a name in swebench's PARSER_REGISTRY
     split: str = "train"
     repo_files: Mapping[str, str] | None = None   # path -> text at the base state
     image: str | None = None         # docker image with the repo at /testbed
     gold_patch: str | None = None
     test_patch: str | None = None    # SWE-bench: applied after restoring test_files
+    eval_script: str | None = None   # SWE-bench: the harness's eval script (replaces test_command)
+    eval_type: str = "pass_and_fail"  # swebench EvalType value
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -43,6 +45,8 @@ class Task:
             raise ValueError(f"{where}: split {self.split!r} not in {SPLITS}")
         if self.repo_files is None and self.image is None:
             raise ValueError(f"{where}: needs repo_files or an image")
+        if not self.test_command and not self.eval_script:
+            raise ValueError(f"{where}: needs a test_command or an eval_script")
         if not self.fail_to_pass:
             raise ValueError(f"{where}: FAIL_TO_PASS is empty (nothing to fix)")
         overlap = set(self.fail_to_pass) & set(self.pass_to_pass)
