@@ -85,3 +85,27 @@ def test_minimal_replacement_is_unique_and_small():
     old, new = minimal_replacement(current, desired)
     assert current.count(old) == 1 and current.replace(old, new) == desired
     assert len(old.splitlines()) <= 2
+
+
+def test_a_container_killed_mid_episode_ends_only_that_episode(docker_backend):
+    import docker
+
+    class KillsItsContainer:
+        """Acts like the expert, but the container dies (from outside) before turn 2."""
+
+        name = "killer"
+
+        def __init__(self):
+            self.expert, self.turn = ScriptedExpert(), 0
+
+        def act(self, state):
+            self.turn += 1
+            if self.turn == 2:
+                docker.from_env().containers.get(state.sandbox.container_id).kill()
+            return self.expert.act(state)
+
+    killed = run_episode(TASKS[0], KillsItsContainer(), docker_backend)
+    assert killed.end_reason == "sandbox_error" and not killed.resolved
+    assert "died" in killed.error or "exited" in killed.error, killed.error
+    after = run_episode(TASKS[1], ScriptedExpert(), docker_backend)  # the run goes on
+    assert after.resolved
