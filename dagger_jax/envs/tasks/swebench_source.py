@@ -10,14 +10,13 @@ the harness's script and log reader (see dagger_jax/envs/grading.py). Built agai
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import unidiff
 from swebench.harness.utils import make_test_spec
 
-from dagger_jax.envs.tasks.task import BadTaskLine, Task
+from dagger_jax.envs.tasks.task import BadTaskLine, Task, read_jsonl_tasks
 
 REQUIRED = ("instance_id", "repo", "version", "problem_statement", "FAIL_TO_PASS", "PASS_TO_PASS",
             "image", "eval_script", "log_parser", "eval_type")
@@ -51,17 +50,8 @@ def task_from_instance(instance: Mapping[str, Any], split: str = "test", where: 
 
 def read_instances(source: str | Path, split: str = "test") -> Iterator[Task | BadTaskLine]:
     """Tasks from a JSONL file of instances, or from a `datasets` name (needs the hub or its cache)."""
-    path = Path(source)
-    if path.is_file():
-        with path.open() as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    yield task_from_instance(json.loads(line), split, where)
-                except (json.JSONDecodeError, ValueError, KeyError, TypeError) as e:
-                    yield BadTaskLine(str(path), number, f"{where}: {type(e).__name__}: {e}")
+    if Path(source).is_file():
+        yield from read_jsonl_tasks(source, lambda data, where: task_from_instance(data, split, where))
         return
     try:
         import datasets

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "heldout", "test")
@@ -104,8 +104,9 @@ def write_tasks(tasks: Iterable[Task], path: str | Path) -> int:
     return count
 
 
-def read_tasks(path: str | Path) -> Iterator[Task | BadTaskLine]:
-    """Yields each line's Task, or a BadTaskLine saying what is wrong with it and where."""
+def read_jsonl_tasks(path: str | Path, to_task: Callable[[dict, str], Task]
+                     ) -> Iterator[Task | BadTaskLine]:
+    """Yields `to_task(object, where)` per line, or a BadTaskLine saying what is wrong and where."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} does not exist")
@@ -118,8 +119,14 @@ def read_tasks(path: str | Path) -> Iterator[Task | BadTaskLine]:
                 data = json.loads(line)
                 if not isinstance(data, dict):
                     raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
-                yield Task.from_json(data, where=where)
+                yield to_task(data, where)
             except json.JSONDecodeError as e:
                 yield BadTaskLine(str(path), number, f"{where}: not JSON ({e.msg})")
-            except ValueError as e:
-                yield BadTaskLine(str(path), number, str(e))
+            except (ValueError, KeyError, TypeError) as e:
+                reason = str(e) if isinstance(e, ValueError) else f"{where}: {type(e).__name__}: {e}"
+                yield BadTaskLine(str(path), number, reason)
+
+
+def read_tasks(path: str | Path) -> Iterator[Task | BadTaskLine]:
+    """Yields each line's Task (our JSONL), or a BadTaskLine saying what is wrong and where."""
+    return read_jsonl_tasks(path, lambda data, where: Task.from_json(data, where=where))
