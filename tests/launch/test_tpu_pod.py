@@ -329,8 +329,7 @@ def test_train_without_venv_says_to_sync(
 
 def test_kill_pattern_matches_the_trainer_but_not_the_launching_shell(tmp_path: Path) -> None:
     """Run with the real pgrep: a bare `pkill -f dagger_jax.main` would kill its own shell."""
-    if shutil.which("pgrep") is None:
-        pytest.skip("needs pgrep")
+    assert shutil.which("pgrep"), "this test needs pgrep (Debian package procps)"
     result = run_script(*BASE, "--dry-run")
     remote = command_value(shlex.split(gcloud_lines(result.stdout)[0]))
     match = re.search(r"pat=((?:\\.|[^\s;])+);", remote)
