@@ -1,13 +1,20 @@
-"""Writes tasks as JSONL.
+"""Writes tasks as JSONL (and, with --sandbox docker, builds each task's image).
 
     python tools/make_tasks.py --source synthetic --n 100 --seed 0 --out tasks.jsonl \
-        [--split train|heldout] [--files 2 --functions-per-file 3 --distractors 1 --hide-location]
+        [--split train|heldout] [--files 2 --functions-per-file 3 --distractors 1 --hide-location] \
+        [--sandbox bwrap|docker]
     python tools/make_tasks.py --source pypi --package toolz [--package inflection==0.5.1 ...] \
-        --n 5 --seed 0 --out tasks.jsonl [--backend bwrap|docker] [--failures failures.jsonl]
+        --n 5 --seed 0 --out tasks.jsonl [--sandbox bwrap|docker] [--failures failures.jsonl]
+    python tools/make_tasks.py --source swebench --instances instances.jsonl|DATASET \
+        [--split test] [--n N] --out tasks.jsonl
 
 `--source pypi` injects bugs into real packages' sdists (`--n` tasks per package), running their
-tests in sandboxes; a task that cannot be built is written to the failures file with its reason
-(default: next to --out) and the others are kept. SWE-bench instances are not implemented yet.
+tests in the sandbox; a task that cannot be built is written to the failures file with its
+reason (default: next to --out) and the others are kept. With `--sandbox docker` every
+generated task also gets its own image (base image + repo at /testbed, tagged by content);
+bubblewrap runs the same tasks from their files. `--source swebench` reads harness-format
+instances (a JSONL file, or a `datasets` name where the hub or its cache is reachable); their
+images are the harness's own (`sweb.eval.*`), which this tool does not fetch or build.
 """
 
 from __future__ import annotations
@@ -19,17 +26,19 @@ import sys
 from pathlib import Path
 
 from dagger_jax.envs.sandbox import BACKENDS, SandboxError, make_backend
+from dagger_jax.envs.task_images import TaskImageError, with_image
 from dagger_jax.envs.tasks.pypi import BuildFailure, build_tasks
+from dagger_jax.envs.tasks.swebench_source import read_instances
 from dagger_jax.envs.tasks.synthetic import Difficulty, generate_tasks
-from dagger_jax.envs.tasks.task import SPLITS, Task, write_tasks
+from dagger_jax.envs.tasks.task import SPLITS, BadTaskLine, Task, write_tasks
 
-IMPLEMENTED_SOURCES = ("synthetic", "pypi")
+SOURCES = ("synthetic", "pypi", "swebench")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", required=True, choices=("synthetic", "pypi"))
-    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--source", required=True, choices=SOURCES)
+    parser.add_argument("--n", type=int, help="tasks (per package for pypi; at most N for swebench)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", choices=SPLITS, default="train")
     parser.add_argument("--out", type=Path, required=True)
@@ -40,36 +49,85 @@ def main(argv: list[str] | None = None) -> int:
                         help="the problem statement does not name the buggy file")
     parser.add_argument("--package", action="append", default=[],
                         help="pypi: NAME, NAME==VERSION or an sdist path; repeat for several")
-    parser.add_argument("--backend", choices=BACKENDS, default="bwrap",
-                        help="pypi: the sandbox the packages' tests run in")
+    parser.add_argument("--sandbox", "--backend", dest="sandbox", choices=BACKENDS, default="bwrap",
+                        help="where the tasks will run: docker builds each task's image; "
+                             "pypi: also where the packages' tests run")
+    parser.add_argument("--instances", help="swebench: a JSONL file of harness-format instances "
+                                            "or a `datasets` name")
     parser.add_argument("--failures", type=Path,
                         help="pypi: where tasks that could not be built are recorded "
                              "(default: OUT with .failures.jsonl)")
     args = parser.parse_args(argv)
-    if args.source not in IMPLEMENTED_SOURCES:
-        print(f"make_tasks: --source {args.source} is not implemented yet "
-              f"(implemented: {', '.join(IMPLEMENTED_SOURCES)})", file=sys.stderr)
-        return 2
-    if args.n <= 0:
+    if args.n is not None and args.n <= 0:
         parser.error("--n must be positive")
+    if args.source == "swebench":
+        if not args.instances:
+            parser.error("--source swebench needs --instances FILE|DATASET")
+        return _swebench(args)
+    if args.n is None:
+        parser.error(f"--source {args.source} needs --n")
+    try:
+        backend = make_backend(args.sandbox)
+    except SandboxError as e:
+        print(f"make_tasks: no {args.sandbox} sandbox: {e.reason}", file=sys.stderr)
+        return 2
     if args.source == "pypi":
         if not args.package:
             parser.error("--source pypi needs at least one --package")
-        return _pypi(args)
-    difficulty = Difficulty(files=args.files, functions_per_file=args.functions_per_file,
-                            distractors=args.distractors, name_location=not args.hide_location)
-    count = write_tasks(generate_tasks(args.n, args.seed, args.split, difficulty), args.out)
-    print(f"wrote {count} {args.source} tasks ({args.split}) to {args.out}")
-    return 0
+        tasks, failures = _pypi(args, backend)
+    else:
+        difficulty = Difficulty(files=args.files, functions_per_file=args.functions_per_file,
+                                distractors=args.distractors, name_location=not args.hide_location)
+        tasks, failures = list(generate_tasks(args.n, args.seed, args.split, difficulty)), []
+    if backend.runs_images:
+        tasks, image_failures = _with_images(tasks, backend)
+        failures += image_failures
+    count = write_tasks(tasks, args.out)
+    images = " with images" if backend.runs_images else ""
+    print(f"wrote {count} {args.source} tasks ({args.split}){images} to {args.out}")
+    if failures:
+        path = args.failures or args.out.with_name(args.out.name + ".failures.jsonl")
+        path.write_text("".join(json.dumps(dataclasses.asdict(f)) + "\n" for f in failures))
+        print(f"{len(failures)} task(s) could not be built; reasons in {path}", file=sys.stderr)
+    return 0 if count else 1
 
 
-def _pypi(args: argparse.Namespace) -> int:
-    """Builds --n tasks per package; failures are recorded, never fatal to the batch."""
+def _with_images(tasks: list[Task], backend) -> tuple[list[Task], list[BuildFailure]]:
+    """Each task with its docker image built; a task whose build fails is recorded, not fatal."""
+    built, failures = [], []
+    for index, task in enumerate(tasks):
+        try:
+            built.append(with_image(backend.client, task))
+        except TaskImageError as e:
+            print(f"make_tasks: {e}", file=sys.stderr)
+            failures.append(BuildFailure(task.metadata.get("package", task.instance_id), index, str(e)))
+    return built, failures
+
+
+def _swebench(args: argparse.Namespace) -> int:
+    """Converts harness-format instances; a bad instance is reported and skipped."""
     try:
-        backend = make_backend(args.backend)
-    except SandboxError as e:
-        print(f"make_tasks: no {args.backend} sandbox: {e.reason}", file=sys.stderr)
+        items = read_instances(args.instances, split=args.split)
+        tasks, bad = [], 0
+        for item in items:
+            if isinstance(item, BadTaskLine):
+                bad += 1
+                print(f"make_tasks: skipped {item.reason}", file=sys.stderr)
+                continue
+            tasks.append(item)
+            if args.n is not None and len(tasks) >= args.n:
+                break
+    except FileNotFoundError as e:
+        print(f"make_tasks: {e}", file=sys.stderr)
         return 2
+    count = write_tasks(tasks, args.out)
+    print(f"wrote {count} swebench tasks ({args.split}) to {args.out}"
+          + (f"; {bad} bad instance(s) skipped" if bad else ""))
+    return 0 if count else 1
+
+
+def _pypi(args: argparse.Namespace, backend) -> tuple[list[Task], list[BuildFailure]]:
+    """Builds --n tasks per package; failures are recorded, never fatal to the batch."""
     tasks: list[Task] = []
     failures: list[BuildFailure] = []
     for package in args.package:
@@ -80,13 +138,7 @@ def _pypi(args: argparse.Namespace) -> int:
         for reason in dict.fromkeys(f.reason for f in failed):  # a package-wide reason once
             indices = [f.index for f in failed if f.reason == reason]
             print(f"make_tasks: {package}: task(s) {indices} not built: {reason}", file=sys.stderr)
-    count = write_tasks(tasks, args.out)
-    print(f"wrote {count} pypi tasks ({args.split}) to {args.out}")
-    if failures:
-        path = args.failures or args.out.with_name(args.out.name + ".failures.jsonl")
-        path.write_text("".join(json.dumps(dataclasses.asdict(f)) + "\n" for f in failures))
-        print(f"{len(failures)} task(s) could not be built; reasons in {path}", file=sys.stderr)
-    return 0 if count else 1
+    return tasks, failures
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python tools/run_episode.py --tasks tasks.jsonl --policy expert|noop --sandbox docker|bwrap \
         [--max-turns 30] [--limit N] [--corrupt K --seed S]
+    python tools/run_episode.py --instances swebench_instances.jsonl --policy expert --sandbox docker
 
 `--corrupt K` starts each episode from K random wrong edits (to watch the expert recover).
 A malformed task line or a sandbox fault is reported for that task; the run goes on.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from dagger_jax.envs.corruption import corrupt
 from dagger_jax.envs.sandbox import BACKENDS, SandboxError, make_backend
+from dagger_jax.envs.tasks.swebench_source import read_instances
 from dagger_jax.envs.tasks.task import BadTaskLine, read_tasks
 from dagger_jax.policies.base import NoopPolicy
 from dagger_jax.policies.scripted_expert import ScriptedExpert
@@ -28,7 +30,10 @@ POLICIES = {"expert": ScriptedExpert, "noop": NoopPolicy}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tasks", type=Path, help="our task JSONL (tools/make_tasks.py)")
+    source.add_argument("--instances", help="SWE-bench harness-format instances: JSONL or a "
+                                            "`datasets` name (their images must be present)")
     parser.add_argument("--policy", choices=sorted(POLICIES), required=True)
     parser.add_argument("--sandbox", choices=BACKENDS, required=True)
     parser.add_argument("--max-turns", type=int, default=30)
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         backend = make_backend(args.sandbox)
-        items = list(read_tasks(args.tasks))
+        items = list(read_tasks(args.tasks) if args.tasks else read_instances(args.instances))
     except (SandboxError, FileNotFoundError) as e:
         print(f"run_episode: {e}", file=sys.stderr)
         return 1

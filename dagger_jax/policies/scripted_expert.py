@@ -1,7 +1,7 @@
 """The scripted expert: a privileged teacher that acts toward the fix from any state.
 
-It knows the task's base files and gold patch, so it knows what every file should finally
-contain. Each turn it reads the sandbox (git status and the files that matter) and takes the
+It knows the task's base state (its files, or the image's base commit) and gold patch, so it
+knows what every file should finally contain. Each turn it reads the sandbox (git status and the files that matter) and takes the
 next step of a plain plan: repair damage (restore deleted or broken files, remove junk), view
 the file with the bug, make the fix with one small str_replace, run the tests, finish. Because
 it decides from the sandbox, not from its own past, it recovers from whatever state a student
@@ -14,6 +14,8 @@ import difflib
 import shlex
 from typing import Sequence
 
+import unidiff
+
 from dagger_jax.agent import ToolCall, parse_action, render_action
 from dagger_jax.envs.sandbox.base import Sandbox, SandboxFileError
 from dagger_jax.envs.tasks.task import Task
@@ -24,12 +26,40 @@ REPO = "/testbed"
 _IGNORED = ("__pycache__", ".pytest_cache", ".pyc")
 
 
-def desired_files(task: Task) -> dict[str, str | None]:
-    """Every file of the solved repo (None: must not exist)."""
-    if task.repo_files is None or task.gold_patch is None:
-        raise ValueError(f"the scripted expert needs repo_files and a gold patch; task "
-                         f"{task.instance_id} has {'no repo_files' if task.repo_files is None else 'no gold patch'}")
-    return {**task.repo_files, **apply_patch(task.repo_files, task.gold_patch)}
+def _base_file(sandbox: Sandbox, path: str) -> str | None:
+    """The file at the repo's base commit (None: not in it), read inside the sandbox."""
+    result = sandbox.run(f"cd {REPO} && git cat-file -e HEAD:{shlex.quote(path)} 2>/dev/null "
+                         f"&& git show HEAD:{shlex.quote(path)} > /tmp/dagger_jax_base_file",
+                         timeout_s=30)
+    return sandbox.read_file("/tmp/dagger_jax_base_file") if result.exit_code == 0 else None
+
+
+class _Solution:
+    """What each file of the solved repo holds: the base state plus the gold patch.
+
+    Generated tasks carry their base files; image tasks (SWE-bench style) have them only in
+    the image, so those are read from the sandbox's base commit, which no edit can change.
+    """
+
+    def __init__(self, task: Task, sandbox: Sandbox):
+        if task.gold_patch is None:
+            raise ValueError(f"the scripted expert needs a gold patch; task {task.instance_id} has none")
+        self._task, self._sandbox = task, sandbox
+        self._base: dict[str, str | None] = dict(task.repo_files or {})
+        touched = [p.path for p in unidiff.PatchSet(task.gold_patch)]
+        sources = {path: base for path in touched if (base := self.base(path)) is not None}
+        self.fixed = apply_patch(sources, task.gold_patch)
+        self.targets = sorted(self.fixed)
+
+    def base(self, path: str) -> str | None:
+        if self._task.repo_files is not None:
+            return self._task.repo_files.get(path)
+        if path not in self._base:
+            self._base[path] = _base_file(self._sandbox, path)
+        return self._base[path]
+
+    def wanted(self, path: str) -> str | None:
+        return self.fixed[path] if path in self.fixed else self.base(path)
 
 
 def changed_paths(sandbox: Sandbox) -> list[str]:
@@ -92,13 +122,13 @@ class ScriptedExpert:
 
     def act(self, state: AgentState) -> str:
         task, sandbox = state.task, state.sandbox
-        desired = desired_files(task)
-        targets = sorted(p for p in apply_patch(task.repo_files, task.gold_patch))
+        solution = _Solution(task, sandbox)
+        targets = solution.targets
         calls = _executed_calls(state.messages)
         changed = set(changed_paths(sandbox))
         # Damage first (files the fix does not touch), then the fix itself.
         for path in sorted(changed - set(targets)) + targets:
-            current, wanted = _read(sandbox, path), desired.get(path)
+            current, wanted = _read(sandbox, path), solution.wanted(path)
             if current == wanted:
                 continue
             if wanted is None:
@@ -120,7 +150,9 @@ class ScriptedExpert:
                       else f"`{path}` was changed by mistake; restoring this part.")
             return render_action(ToolCall("str_replace_editor", {
                 "command": "str_replace", "path": full, "old_str": old, "new_str": new}), reason)
-        if calls and calls[-1].name == "execute_bash" and calls[-1].params.get("command") == task.test_command:
-            return render_action(ToolCall("finish", {}), "The tests pass; the fix is complete.")
+        ran_tests = (calls and calls[-1].name == "execute_bash"
+                     and calls[-1].params.get("command") == task.test_command)
+        if ran_tests or not task.test_command:  # image tasks test through their eval script only
+            return render_action(ToolCall("finish", {}), "The fix is complete.")
         return render_action(ToolCall("execute_bash", {"command": task.test_command}),
                              "Running the tests to check the fix.")

@@ -46,11 +46,13 @@ class EpisodeResult:
                 "error": self.error}
 
 
-def sandbox_spec(task: Task, work_dir: Path) -> SandboxSpec:
-    if task.repo_files is not None:
-        return SandboxSpec(image=task.image or DEFAULT_RECIPE.image,
-                           repo_dir=materialize_repo(task, work_dir / "repo"))
-    return SandboxSpec(image=task.image)
+def sandbox_spec(task: Task, backend: SandboxBackend, work_dir: Path) -> SandboxSpec:
+    """The task's own image where the backend runs images and the task has one (the repo is
+    already in it); else its repo files, copied in, on the base image."""
+    if task.image is not None and (backend.runs_images or task.repo_files is None):
+        return SandboxSpec(image=task.image)
+    return SandboxSpec(image=DEFAULT_RECIPE.image,
+                       repo_dir=materialize_repo(task, work_dir / "repo"))
 
 
 def run_episode(task: Task, policy: Policy, backend: SandboxBackend, max_turns: int = 30,
@@ -61,7 +63,7 @@ def run_episode(task: Task, policy: Policy, backend: SandboxBackend, max_turns: 
     turns, end_reason, error, result = 0, "turn_limit", None, None
     with tempfile.TemporaryDirectory(prefix="dagger_jax-episode-") as tmp:
         try:
-            with backend.open(sandbox_spec(task, Path(tmp))) as sandbox:
+            with backend.open(sandbox_spec(task, backend, Path(tmp))) as sandbox:
                 if setup is not None:
                     setup(sandbox)
                 editor = StrReplaceEditor(sandbox)

@@ -143,6 +143,10 @@ class Sandbox(abc.ABC):
 class SandboxBackend(abc.ABC):
     """Makes the sandboxes of one run; reaps what dead runs left behind when it starts."""
 
+    # Whether the backend starts sandboxes from a task's own image (docker). Those that do not
+    # (bubblewrap) need the task's repo as host files.
+    runs_images: bool = False
+
     @abc.abstractmethod
     def open(self, spec: SandboxSpec) -> Sandbox:
         """A started sandbox for `spec`; raises SandboxError when it cannot be made."""

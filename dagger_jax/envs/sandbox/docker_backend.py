@@ -32,6 +32,8 @@ def connect(timeout_s: float = 60.0) -> docker.DockerClient:
 class DockerBackend(SandboxBackend):
     """Opens one container per episode; reaps orphans of dead runs when it starts."""
 
+    runs_images = True
+
     def __init__(self, limits: SandboxLimits = SandboxLimits(), run_id: str | None = None,
                  client: docker.DockerClient | None = None,
                  default_image: str = DEFAULT_RECIPE.image):
