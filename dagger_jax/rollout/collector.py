@@ -1,0 +1,169 @@
+"""A collection job: many mixed episodes at once, written as ArrayRecord shards.
+
+A job names its episodes `<job_id>/<task_id>/<k>`. Before starting, the collector reads the
+output directory's manifest and skips every episode already listed there, so a job that is
+retried (the same job id), or restarted after its process was killed, completes the iteration
+without collecting any episode twice and without losing any: episodes of a shard that was not
+finished are simply run again. Concurrency is a pool of sandboxes (a semaphore): each running
+episode holds one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dagger_jax.agent import ChatTokenizer
+from dagger_jax.data.shards import ShardWriter, existing_episode_ids
+from dagger_jax.envs.sandbox.base import SandboxBackend
+from dagger_jax.envs.tasks.task import Task
+from dagger_jax.policies.actors import Actor
+from dagger_jax.rollout.mixed_episode import (EpisodeSettings, Provenance, episode_seed,
+                                              run_mixed_episode)
+from dagger_jax.rollout.mixing import RolloutRule
+from dagger_jax.rollout.stats import CollectorStats
+
+log = logging.getLogger(__name__)
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectionJob:
+    job_id: str
+    iteration: int
+    rule: RolloutRule
+    task_ids: tuple[str, ...]
+    out_dir: str
+    episodes_per_task: int = 1
+    seed: int = 0
+    student_version: str = ""
+    teacher_id: str = ""
+    settings: EpisodeSettings = EpisodeSettings()
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _JOB_ID.fullmatch(self.job_id):
+            raise ValueError(f"job id {self.job_id!r} must match {_JOB_ID.pattern} "
+                             "(it names shards and episodes)")
+        if self.episodes_per_task < 1:
+            raise ValueError(f"job {self.job_id}: episodes_per_task must be >= 1")
+        if len(set(self.task_ids)) != len(self.task_ids):
+            raise ValueError(f"job {self.job_id}: task_ids has duplicates")
+
+    def episode_ids(self) -> list[tuple[str, str]]:
+        """(episode id, task id) for every episode of the job, in a fixed order."""
+        return [(f"{self.job_id}/{task_id}/{k}", task_id)
+                for task_id in self.task_ids for k in range(self.episodes_per_task)]
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["task_ids"] = list(self.task_ids)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "CollectionJob":
+        data = dict(data)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"collection job: unknown keys {unknown}")
+        try:
+            data["rule"] = RolloutRule(**data.get("rule", {}))
+            data["settings"] = EpisodeSettings(**data.get("settings", {}))
+            data["task_ids"] = tuple(data.get("task_ids", ()))
+            return cls(**data)
+        except TypeError as e:
+            raise ValueError(f"collection job: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectionReport:
+    job_id: str
+    episodes_total: int
+    episodes_written: int
+    episodes_skipped: int          # already stored before this run
+    resolved: int
+    failed: dict[str, int]          # end_reason -> count, for episodes ended by a fault
+    stats: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FAULT_REASONS = ("sandbox_error", "policy_error", "teacher_error")
+
+
+async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Actor | None,
+                  teacher: Actor | None, chat: ChatTokenizer, backend: SandboxBackend,
+                  concurrency: int = 4, records_per_shard: int = 16, progress: bool = False,
+                  stats: CollectorStats | None = None) -> CollectionReport:
+    """Runs every episode of the job not yet stored in job.out_dir and stores it."""
+    missing = [t for t in job.task_ids if t not in tasks]
+    if missing:
+        raise ValueError(f"job {job.job_id}: task ids not in the task set: {missing[:5]}")
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    stats = stats if stats is not None else CollectorStats()
+    out_dir = Path(job.out_dir)
+    done = existing_episode_ids(out_dir) if out_dir.exists() else set()
+    todo = [(eid, tid) for eid, tid in job.episode_ids() if eid not in done]
+    provenance = Provenance(job.iteration, job.student_version, job.teacher_id,
+                            {**job.metadata, "job_id": job.job_id})
+    slots = asyncio.Semaphore(concurrency)
+    resolved, failed, written = 0, {}, 0
+
+    async def one(episode_id: str, task_id: str):
+        async with slots:
+            return await run_mixed_episode(
+                tasks[task_id], episode_id=episode_id, seed=episode_seed(job.seed, episode_id),
+                rule=job.rule, student=student, teacher=teacher, chat=chat, backend=backend,
+                settings=job.settings, provenance=provenance, stats=stats)
+
+    with ShardWriter(out_dir, job.job_id, records_per_shard) as writer, \
+            _progress(progress, job.job_id, len(todo)) as (bar, bar_task):
+        pending = [asyncio.ensure_future(one(eid, tid)) for eid, tid in todo]
+        try:
+            for finished in asyncio.as_completed(pending):
+                record = await finished
+                written += writer.write(record)
+                resolved += record.outcome.resolved
+                if record.outcome.end_reason in FAULT_REASONS:
+                    failed[record.outcome.end_reason] = failed.get(record.outcome.end_reason, 0) + 1
+                    log.warning("episode %s ended by %s: %s", record.episode_id,
+                                record.outcome.end_reason, record.outcome.error)
+                if bar is not None:
+                    snap = stats.snapshot()
+                    bar.update(bar_task, advance=1, turns=int(snap.get("turns", 0)),
+                               rate=snap["turns_per_s"])
+        finally:
+            for task in pending:
+                task.cancel()
+    return CollectionReport(job.job_id, len(job.episode_ids()), written, len(job.episode_ids()) - len(todo),
+                            resolved, failed, stats.snapshot())
+
+
+class _progress:
+    """A rich progress bar (episodes, turns, turns/s), or nothing."""
+
+    def __init__(self, enabled: bool, job_id: str, total: int):
+        self.progress = Progress(
+            TextColumn(f"[bold]{job_id}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[turns]} turns, {task.fields[rate]:.2f} turns/s"),
+            TimeElapsedColumn()) if enabled else None
+        self.total = total
+
+    def __enter__(self):
+        if self.progress is None:
+            return None, None
+        self.progress.start()
+        return self.progress, self.progress.add_task("episodes", total=self.total, turns=0, rate=0.0)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()

@@ -1,0 +1,231 @@
+"""One episode in which student and teacher take turns, every visited state labelled.
+
+Per turn the rule picks the executor (the coin uses the episode's own seeded generator, so
+the flips replay). When the student executes and the rule wants the teacher's action as label,
+both calls go out at once on the same state: the teacher labels the state the student reached
+without adding its latency to the turn. A teacher-executed turn is its own label (one call).
+The conversation is kept in the student's tokens: a student turn exactly as sampled, a teacher
+turn re-tokenised once. The sandbox API blocks, so its calls run in worker threads and many
+episodes share one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from dagger_jax.agent import ChatTokenizer, format_error_observation, initial_messages, parse_action
+from dagger_jax.data.records import EpisodeRecord, Outcome, TurnRecord
+from dagger_jax.envs.editor import StrReplaceEditor
+from dagger_jax.envs.grading import grade
+from dagger_jax.envs.sandbox.base import SandboxBackend, SandboxError
+from dagger_jax.envs.tasks.task import Task
+from dagger_jax.policies.actors import Action, Actor, TurnState
+from dagger_jax.rollout.episode import sandbox_spec
+from dagger_jax.rollout.mixing import STUDENT, TEACHER, RolloutRule
+from dagger_jax.rollout.stats import CollectorStats
+from dagger_jax.rollout.tool_execution import execute_call
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeSettings:
+    max_turns: int = 30
+    context_budget: int = 8192     # tokens: a turn starts only if its prompt + a full reply fit
+    max_new_tokens: int = 512      # the reply's share of the budget
+    max_observation_chars: int = 8000
+    grading_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_turns", "context_budget", "max_new_tokens", "max_observation_chars"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"EpisodeSettings.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    iteration: int
+    student_version: str
+    teacher_id: str
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def episode_seed(job_seed: int, episode_id: str) -> int:
+    """A per-episode seed from the job's seed and the episode's id: stable across restarts."""
+    digest = hashlib.sha256(f"{job_seed}:{episode_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def label_ids(chat: ChatTokenizer, text: str) -> list[int]:
+    """A text turn as the student's tokens (content + end-of-turn). A literal end-of-turn inside
+    the text would end the turn early in the student's tokens, so the text is cut there."""
+    marker = chat.end_of_turn
+    if marker in text:
+        text = text[:text.index(marker)]
+    return chat.assistant_turn_ids(text)
+
+
+def executed_ids(chat: ChatTokenizer, action: Action) -> list[int]:
+    return list(action.token_ids) if action.token_ids is not None else label_ids(chat, action.text)
+
+
+class _Episode:
+    """The mutable state of one running episode (a class so each step stays small)."""
+
+    def __init__(self, task: Task, episode_id: str, seed: int, rule: RolloutRule,
+                 student: Actor | None, teacher: Actor | None, chat: ChatTokenizer,
+                 settings: EpisodeSettings, stats: CollectorStats):
+        self.task, self.episode_id, self.rule = task, episode_id, rule
+        self.student, self.teacher, self.chat = student, teacher, chat
+        self.settings, self.stats = settings, stats
+        self.rng = random.Random(seed)
+        self.encoder = chat.conversation(initial_messages(task.problem_statement))
+        self.turns: list[TurnRecord] = []
+        self.timings = {"student_s": 0.0, "teacher_s": 0.0, "sandbox_s": 0.0, "grading_s": 0.0}
+        self.end_reason, self.error = "turn_limit", None
+
+    async def _call(self, actor: Actor, role: str, state: TurnState) -> Action:
+        start = time.perf_counter()
+        try:
+            return await actor.act(state)
+        finally:
+            self.timings[f"{role}_s"] += time.perf_counter() - start
+            self.stats.count(f"{role}_calls")
+
+    async def turn(self, index: int, sandbox) -> bool:
+        """Runs one turn; returns False when the episode ends."""
+        prompt = self.encoder.generation_prompt_ids()
+        if len(prompt) + self.settings.max_new_tokens > self.settings.context_budget:
+            self.end_reason = "context_limit"
+            return False
+        executor = self.rule.executor(index, self.rng)
+        state = TurnState(self.task, self.encoder.messages, tuple(prompt), sandbox, self.episode_id)
+        label: Action | None = None
+        if executor == TEACHER:
+            try:
+                executed = label = await self._call(self.teacher, TEACHER, state)
+            except Exception as e:  # noqa: BLE001 - the teacher had to act: the episode ends
+                self.end_reason, self.error = "teacher_error", f"{type(e).__name__}: {e}"
+                self.stats.count("teacher_failures")
+                return False
+        else:
+            calls = [self._call(self.student, STUDENT, state)]
+            if self.rule.label == "action":
+                calls.append(self._call(self.teacher, TEACHER, state))
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            if isinstance(results[0], BaseException):
+                self.end_reason = "policy_error"
+                self.error = f"student: {type(results[0]).__name__}: {results[0]}"
+                self.stats.count("student_failures")
+                return False
+            executed = results[0]
+            if len(results) > 1:
+                if isinstance(results[1], BaseException):
+                    # The state stays unlabelled (no example); the episode goes on.
+                    self.stats.count("teacher_failures")
+                else:
+                    label = results[1]
+        ids = executed_ids(self.chat, executed)
+        text = self.encoder.append_generated(ids)
+        start, end = self.encoder.assistant_spans[-1]
+        if start != len(prompt) or self.encoder.ids[:start] != prompt:
+            raise RuntimeError(f"episode {self.episode_id}: the conversation's tokens no longer "
+                               f"start with turn {index}'s prompt (chat template not prefix-stable)")
+        teacher_logprobs: list[float] = []
+        if self.rule.label == "logprobs" and executor == STUDENT:
+            try:
+                teacher_logprobs = list(await self.teacher.score(state, self.encoder.ids[start:end]))
+                self.stats.count("teacher_calls")
+            except Exception:  # noqa: BLE001 - an unscored turn is just unlabelled
+                self.stats.count("teacher_failures")
+        self.turns.append(TurnRecord(
+            index=index, executor=executor, prompt_len=start, executed_end=end, executed_text=text,
+            label_text=(text if executor == TEACHER else label.text if label else None),
+            label_ids=(self.encoder.ids[start:end] if executor == TEACHER
+                       else label_ids(self.chat, label.text) if label else []),
+            sample_logprobs=list(executed.logprobs), teacher_logprobs=teacher_logprobs,
+            student_latency_s=executed.latency_s if executor == STUDENT else None,
+            teacher_latency_s=label.latency_s if label else None,
+            parse_ok=True))
+        self.stats.count("turns")
+        self.stats.count(f"{executor}_turns")
+        return await self._execute(text, sandbox)
+
+    async def _execute(self, text: str, sandbox) -> bool:
+        parsed = parse_action(text)
+        cap = self.settings.max_observation_chars
+        if not parsed.ok:
+            self.turns[-1].parse_ok = False
+            self.encoder.append({"role": "tool", "content": format_error_observation(parsed.error, cap)})
+            return True
+        start = time.perf_counter()
+        outcome = await asyncio.to_thread(execute_call, parsed.call, sandbox, self.editor, cap)
+        self.timings["sandbox_s"] += time.perf_counter() - start
+        if outcome.finished:
+            self.end_reason = "finish"
+            return False
+        self.encoder.append({"role": "tool", "content": outcome.observation})
+        return True
+
+    async def run(self, backend: SandboxBackend) -> Outcome:
+        result = None
+        with tempfile.TemporaryDirectory(prefix="dagger_jax-episode-") as tmp:
+            try:
+                spec = sandbox_spec(self.task, backend, Path(tmp))
+                sandbox = await asyncio.to_thread(backend.open, spec)
+                try:
+                    self.editor = StrReplaceEditor(sandbox)
+                    for index in range(self.settings.max_turns):
+                        if not await self.turn(index, sandbox):
+                            break
+                    start = time.perf_counter()
+                    result = await asyncio.to_thread(grade, sandbox, self.task,
+                                                     self.settings.grading_timeout_s)
+                    self.timings["grading_s"] = time.perf_counter() - start
+                finally:
+                    await asyncio.to_thread(sandbox.close)
+            except SandboxError as e:
+                self.end_reason, self.error = "sandbox_error", e.reason
+                self.stats.count("sandbox_failures")
+        if result is None:
+            return Outcome(resolved=False, end_reason=self.end_reason, error=self.error,
+                           fail_to_pass_total=len(self.task.fail_to_pass),
+                           pass_to_pass_total=len(self.task.pass_to_pass))
+        return Outcome(resolved=result.resolved, end_reason=self.end_reason,
+                       fail_to_pass_passed=result.fail_to_pass_passed,
+                       fail_to_pass_total=result.fail_to_pass_total,
+                       pass_to_pass_passed=result.pass_to_pass_passed,
+                       pass_to_pass_total=result.pass_to_pass_total,
+                       patch=result.patch, error=self.error or result.error)
+
+
+async def run_mixed_episode(task: Task, *, episode_id: str, seed: int, rule: RolloutRule,
+                            student: Actor | None, teacher: Actor | None, chat: ChatTokenizer,
+                            backend: SandboxBackend, settings: EpisodeSettings,
+                            provenance: Provenance, stats: CollectorStats | None = None
+                            ) -> EpisodeRecord:
+    """Runs and grades one episode and returns its record; faults end it with a reason."""
+    if rule.needs_teacher and teacher is None:
+        raise ValueError(f"episode {episode_id}: rule {rule} needs a teacher")
+    if (rule.beta < 1.0 or rule.student_prefix) and student is None:
+        raise ValueError(f"episode {episode_id}: rule {rule} lets the student act but there is none")
+    stats = stats if stats is not None else CollectorStats()
+    episode = _Episode(task, episode_id, seed, rule, student, teacher, chat, settings, stats)
+    start = time.perf_counter()
+    outcome = await episode.run(backend)
+    stats.count("episodes")
+    stats.count("resolved", int(outcome.resolved))
+    return EpisodeRecord(
+        episode_id=episode_id, task_id=task.instance_id, iteration=provenance.iteration,
+        beta=rule.beta, seed=seed, student_version=provenance.student_version,
+        teacher_id=provenance.teacher_id, trunk_ids=episode.encoder.ids,
+        messages=[{"role": m["role"], "content": m["content"]} for m in episode.encoder.messages],
+        turns=episode.turns, outcome=outcome,
+        timings={**episode.timings, "seconds": time.perf_counter() - start},
+        metadata={**provenance.metadata, "split": task.split, "source": task.source,
+                  "rule": dataclasses.asdict(rule)})

@@ -1,0 +1,16 @@
+"""Rollout fixtures: the project's ChatML tokenizer and the sandbox backends."""
+
+from __future__ import annotations
+
+import pytest
+
+from dagger_jax.agent import ChatTokenizer
+from dagger_jax.data.sample_corpus import sample_texts
+from dagger_jax.tokenizer import train_bpe_tokenizer
+from tests.envs.sandbox.conftest import bwrap_backend, docker_backend, sandbox_deps  # noqa: F401
+
+
+@pytest.fixture(scope="session")
+def chat(tmp_path_factory) -> ChatTokenizer:
+    return ChatTokenizer.from_path(train_bpe_tokenizer(sample_texts(200, seed=0), 512,
+                                                       tmp_path_factory.mktemp("chatml")))

@@ -1,0 +1,118 @@
+"""The turn-level mixture collector against real sandboxes, with the scripted expert teacher.
+
+The student here is a plain text policy (it always looks at the repo), so these tests are about
+the mixing and the bookkeeping; the end-to-end test with a served model student is elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from dagger_jax.agent import ToolCall, render_action
+from dagger_jax.data.shards import EpisodeSource, existing_episode_ids, read_manifest
+from dagger_jax.envs.tasks.synthetic import generate_tasks
+from dagger_jax.policies.actors import Action, ExpertActor
+from dagger_jax.policies.scripted_expert import ScriptedExpert
+from dagger_jax.rollout.collector import CollectionJob, collect
+from dagger_jax.rollout.mixed_episode import EpisodeSettings
+from dagger_jax.rollout.mixing import RolloutRule
+
+TASKS = {t.instance_id: t for t in generate_tasks(8, seed=5)}
+
+
+class Looker:
+    """A harmless student: lists the repo every turn."""
+
+    name = "looker"
+
+    def __init__(self):
+        self.calls = 0
+
+    async def act(self, state) -> Action:
+        self.calls += 1
+        await asyncio.sleep(0)
+        return Action(render_action(ToolCall("execute_bash", {"command": "ls"}), "Looking."), None)
+
+
+def job(tmp_path, beta, job_id="it0", **kw):
+    return CollectionJob(job_id=job_id, iteration=0, rule=RolloutRule(beta=beta), task_ids=tuple(TASKS),
+                         out_dir=str(tmp_path / "iter_000"), episodes_per_task=kw.pop("k", 2), seed=3,
+                         student_version="v0", teacher_id="expert",
+                         settings=EpisodeSettings(max_turns=kw.pop("max_turns", 12)), **kw)
+
+
+def test_mixture_labels_every_state_and_matches_beta(tmp_path, chat, bwrap_backend):
+    student, teacher = Looker(), ExpertActor(ScriptedExpert())
+    beta = 0.5
+    report = asyncio.run(collect(job(tmp_path, beta), TASKS, student=student, teacher=teacher,
+                                 chat=chat, backend=bwrap_backend, concurrency=4, records_per_shard=5))
+    assert report.episodes_written == 16 and report.failed == {}
+    records = [EpisodeSource(tmp_path / "iter_000")[i] for i in range(16)]
+    turns = [t for r in records for t in r.turns]
+    assert all(t.label_text is not None and t.label_ids for t in turns)  # every state labelled
+    # One teacher call per visited state: the executing call or the labelling call.
+    assert report.stats["teacher_calls"] == len(turns) == report.stats["turns"]
+    assert report.stats["student_calls"] == student.calls == sum(t.executor == "student" for t in turns)
+    n, k = len(turns), sum(t.executor == "student" for t in turns)
+    assert abs(k - n * (1 - beta)) <= 3.5 * math.sqrt(n * beta * (1 - beta)), (k, n)
+    for r in records:
+        for t in r.turns:
+            executed = r.trunk_ids[t.prompt_len:t.executed_end]
+            if t.executor == "teacher":
+                assert executed == t.label_ids and t.executed_text == t.label_text
+            else:
+                assert executed == chat.assistant_turn_ids(t.executed_text)
+                assert "ls" in t.executed_text and t.label_text != t.executed_text
+    # With the expert doing half the turns, every episode still gets solved in the turn limit.
+    assert report.resolved == 16 and all(r.outcome.resolved for r in records)
+    assert len(read_manifest(tmp_path / "iter_000")) == 4  # 16 episodes, 5 per shard
+
+
+def test_rerun_of_a_job_collects_nothing_twice_and_coins_replay(tmp_path, chat, bwrap_backend):
+    teacher = ExpertActor(ScriptedExpert())
+    first = asyncio.run(collect(job(tmp_path, 0.3, k=1), TASKS, student=Looker(), teacher=teacher,
+                                chat=chat, backend=bwrap_backend, concurrency=3))
+    again = asyncio.run(collect(job(tmp_path, 0.3, k=1), TASKS, student=Looker(), teacher=teacher,
+                                chat=chat, backend=bwrap_backend, concurrency=3))
+    assert first.episodes_written == 8 and again.episodes_written == 0 and again.episodes_skipped == 8
+    # The same job id in a fresh directory replays the same coin flips per episode.
+    other = tmp_path / "replay"
+    replay = CollectionJob(**{**job(tmp_path, 0.3, k=1).__dict__, "out_dir": str(other)})
+    asyncio.run(collect(replay, TASKS, student=Looker(), teacher=teacher, chat=chat,
+                        backend=bwrap_backend, concurrency=3))
+    a, b = EpisodeSource(tmp_path / "iter_000"), EpisodeSource(other)
+    by_id = {b[i].episode_id: b[i] for i in range(len(b))}
+    for i in range(len(a)):
+        ra = a[i]
+        assert [t.executor for t in ra.turns] == [t.executor for t in by_id[ra.episode_id].turns]
+        assert ra.seed == by_id[ra.episode_id].seed
+    assert existing_episode_ids(other) == existing_episode_ids(tmp_path / "iter_000")
+
+
+def test_faults_end_only_their_episode_with_a_reason(tmp_path, chat, bwrap_backend):
+    class Broken:
+        name = "broken"
+
+        async def act(self, state):
+            raise ConnectionError("endpoint http://127.0.0.1:9 refused")
+
+    report = asyncio.run(collect(job(tmp_path, 0.0, k=1), TASKS, student=Broken(),
+                                 teacher=ExpertActor(ScriptedExpert()), chat=chat,
+                                 backend=bwrap_backend, concurrency=2))
+    assert report.failed == {"policy_error": 8} and report.episodes_written == 8
+    record = EpisodeSource(tmp_path / "iter_000")[0]
+    assert "refused" in record.outcome.error and not record.outcome.resolved
+    # A teacher that fails only while labelling leaves those states unlabelled; episodes go on.
+    report = asyncio.run(collect(job(tmp_path, 0.0, job_id="it0b", k=1, max_turns=3), TASKS,
+                                 student=Looker(), teacher=Broken(), chat=chat,
+                                 backend=bwrap_backend, concurrency=2))
+    records = [r for r in (EpisodeSource(tmp_path / "iter_000")[i] for i in range(16))
+               if r.episode_id.startswith("it0b/")]
+    assert all(r.outcome.end_reason == "turn_limit" and len(r.turns) == 3 for r in records)
+    assert all(t.label_text is None and t.label_ids == [] for r in records for t in r.turns)
+    with pytest.raises(ValueError, match="not in the task set"):
+        asyncio.run(collect(CollectionJob(**{**job(tmp_path, 0.5).__dict__, "task_ids": ("nope",)}),
+                            TASKS, student=Looker(), teacher=None, chat=chat, backend=bwrap_backend))
