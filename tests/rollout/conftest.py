@@ -11,6 +11,10 @@ from tests.envs.sandbox.conftest import bwrap_backend, docker_backend, sandbox_d
 
 
 @pytest.fixture(scope="session")
-def chat(tmp_path_factory) -> ChatTokenizer:
-    return ChatTokenizer.from_path(train_bpe_tokenizer(sample_texts(200, seed=0), 512,
-                                                       tmp_path_factory.mktemp("chatml")))
+def chat_dir(tmp_path_factory):
+    return train_bpe_tokenizer(sample_texts(200, seed=0), 512, tmp_path_factory.mktemp("chatml"))
+
+
+@pytest.fixture(scope="session")
+def chat(chat_dir) -> ChatTokenizer:
+    return ChatTokenizer.from_path(chat_dir)

@@ -1,0 +1,133 @@
+"""The rollout service in its own process: jobs over HTTP, idempotent ids, and a SIGKILL in the
+middle of a job after which a new service finishes the iteration with nothing lost or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from dagger_jax.data.shards import EpisodeSource, read_manifest
+from dagger_jax.envs.tasks.synthetic import generate_tasks
+from dagger_jax.envs.tasks.task import write_tasks
+from dagger_jax.rollout.collector import CollectionJob
+from dagger_jax.rollout.mixed_episode import EpisodeSettings
+from dagger_jax.rollout.mixing import RolloutRule
+from dagger_jax.rollout.service import ServiceJob
+from dagger_jax.rollout.service_client import RolloutServiceClient, RolloutServiceError
+
+TASKS = generate_tasks(10, seed=21)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(port: int, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "dagger_jax.rollout.service", "--port", str(port)],
+                               stdout=log.open("a"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process
+        except OSError:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.2)
+    raise AssertionError(f"service did not start: {log.read_text()}")
+
+
+def service_job(tmp_path, chat_dir, job_id="iter0", **kw) -> ServiceJob:
+    tasks_path = tmp_path / "tasks.jsonl"
+    if not tasks_path.exists():
+        write_tasks(TASKS, tasks_path)
+    job = CollectionJob(job_id=job_id, iteration=0, rule=RolloutRule(beta=0.5),
+                        task_ids=tuple(t.instance_id for t in TASKS), out_dir=str(tmp_path / "iter_000"),
+                        episodes_per_task=kw.pop("k", 1), seed=1, student_version="v0",
+                        teacher_id="expert", settings=EpisodeSettings(max_turns=12))
+    return ServiceJob(job=job, tasks_path=str(tasks_path), tokenizer_path=str(chat_dir),
+                      sandbox="bwrap", student={"kind": "expert"}, teacher={"kind": "expert"},
+                      concurrency=2, records_per_shard=2, **kw)
+
+
+def test_jobs_over_http_are_idempotent_and_bad_jobs_are_refused(tmp_path, chat_dir, bwrap_backend):
+    port = free_port()
+    service = start_service(port, tmp_path / "service.log")
+    try:
+        client = RolloutServiceClient(f"http://127.0.0.1:{port}", poll_s=0.2)
+        job = service_job(tmp_path, chat_dir)
+        report = asyncio.run(client.run(job))
+        assert report["episodes_written"] == 10 and report["resolved"] == 10
+        again = asyncio.run(client.run(job))  # a retried job: its status, nothing new
+        assert again == report
+        assert len(EpisodeSource(tmp_path / "iter_000")) == 10
+
+        async def post(payload):
+            async with aiohttp.ClientSession() as session:
+                async with session.post(f"http://127.0.0.1:{port}/jobs", json=payload) as r:
+                    return r.status, await r.json()
+
+        other = ServiceJob(**{**job.__dict__, "concurrency": 3})
+        status, body = asyncio.run(post(other.to_json()))
+        assert status == 409 and "different job" in body["error"]
+        status, body = asyncio.run(post({**job.to_json(), "surprise": 1}))
+        assert status == 400 and "unknown keys ['surprise']" in body["error"]
+        bad_tasks = service_job(tmp_path, chat_dir, job_id="iter0x")
+        bad = bad_tasks.to_json()
+        bad["job"]["task_ids"] = ["no-such-task"]
+        status, body = asyncio.run(post(bad))
+        assert status == 400 and "no-such-task" in body["error"]
+        with pytest.raises(RolloutServiceError, match="refused"):
+            asyncio.run(client.run(ServiceJob.from_json(bad)))
+    finally:
+        service.kill()
+        service.wait()
+
+
+def test_a_killed_service_loses_and_doubles_nothing(tmp_path, chat_dir, bwrap_backend):
+    port = free_port()
+    log = tmp_path / "service.log"
+    job = service_job(tmp_path, chat_dir, k=2)
+    service = start_service(port, log)
+    client = RolloutServiceClient(f"http://127.0.0.1:{port}", poll_s=0.2)
+
+    async def submit_and_wait_for_some_shards():
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/jobs", json=job.to_json()) as r:
+                assert r.status == 202, await r.text()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            out = Path(job.job.out_dir)
+            if out.exists() and len(read_manifest(out)) >= 2:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("no shards appeared")
+
+    asyncio.run(submit_and_wait_for_some_shards())
+    os.kill(service.pid, signal.SIGKILL)
+    service.wait()
+    before = len(EpisodeSource(job.job.out_dir))
+    assert 4 <= before < 20
+    service = start_service(port, log)  # a new process on the same port
+    try:
+        report = asyncio.run(client.run(job))
+    finally:
+        service.kill()
+        service.wait()
+    source = EpisodeSource(job.job.out_dir)
+    ids = source.episode_ids()
+    assert sorted(ids) == sorted(eid for eid, _ in job.job.episode_ids())  # all, once each
+    assert report["episodes_skipped"] >= before and report["episodes_written"] == 20 - report["episodes_skipped"]
+    manifest_ids = [eid for shard in read_manifest(job.job.out_dir) for eid in shard.episode_ids]
+    assert len(manifest_ids) == len(set(manifest_ids)) == 20
