@@ -1,0 +1,101 @@
+"""tools/inspect_records.py as a user runs it: per-iteration statistics and one episode dumped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dagger_jax.data.shards import ShardWriter, iteration_dir
+from tests.data.episodes import episode_batch, make_episode, train_chat
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_tool(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_records.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory):
+    chat = train_chat(tmp_path_factory.mktemp("chat"))
+    workdir = tmp_path_factory.mktemp("workdir")
+    iterations = [episode_batch(chat, 6, iteration=0), episode_batch(chat, 4, iteration=1)]
+    special, _ = make_episode(chat, "job1/special/0", "tsst", failed=[2], iteration=1, resolved=True)
+    iterations[1].append(special)
+    for i, records in enumerate(iterations):
+        with ShardWriter(iteration_dir(workdir, i), "w0", 4) as writer:
+            for record in records:
+                writer.write(record)
+    return workdir, iterations
+
+
+def test_statistics_per_iteration(collected) -> None:
+    workdir, iterations = collected
+    run = run_tool(workdir)
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["iteration"] for line in lines] == [0, 1]
+    for line, records in zip(lines, iterations):
+        turns = [t for r in records for t in r.turns]
+        assert line["episodes"] == len(records) and line["turns"] == len(turns)
+        assert line["shards"] == -(-len(records) // 4)
+        assert line["student_turns"] == sum(t.executor == "student" for t in turns)
+        assert line["student_fraction"] + line["teacher_fraction"] == pytest.approx(1.0, abs=1e-3)
+        assert line["labelled_turns"] + line["label_failures"] == len(turns)
+        assert line["label_failures"] == sum(t.label_text is None for t in turns)
+        assert line["resolve_rate"] == pytest.approx(
+            sum(r.outcome.resolved for r in records) / len(records), abs=1e-3)
+        assert sum(line["end_reasons"].values()) == len(records)
+        assert line["mean_turns"] == pytest.approx(len(turns) / len(records), abs=1e-3)
+        assert line["tokens_per_labelled_turn"] > 0
+
+
+def test_any_level_of_the_layout_works(collected) -> None:
+    workdir, _ = collected
+    whole = run_tool(workdir).stdout
+    assert run_tool(workdir / "data").stdout == whole
+    one = run_tool(iteration_dir(workdir, 1))
+    assert one.returncode == 0 and one.stdout == whole.splitlines(keepends=True)[1]
+
+
+def test_dump_shows_executors_and_labels(collected) -> None:
+    workdir, iterations = collected
+    special = iterations[1][-1]
+    run = run_tool(workdir, "--dump", "job1/special/0")
+    assert run.returncode == 0, run.stderr
+    text = run.stdout
+    assert "episode job1/special/0" in text and "RESOLVED" in text
+    for executor, index in (("teacher", 0), ("student", 1), ("student", 2), ("teacher", 3)):
+        assert f"--- [assistant] turn {index}: {executor}" in text
+    assert text.count(">>> teacher label:") == 2  # beside the two student turns
+    assert "teacher label: FAILED" in text
+    # The student's own action, then the teacher's label for that state.
+    turn1 = text.split("turn 1: student")[1].split("--- [tool]")[0]
+    assert special.turns[1].executed_text.splitlines()[-1] in turn1
+    assert special.turns[1].label_text.splitlines()[0] in turn1.split(">>> teacher label:")[1]
+    assert text.count("--- [tool]") == 4 and "--- [system]" in text
+
+
+def test_errors_are_reported(collected, tmp_path: Path) -> None:
+    workdir, _ = collected
+    missing = run_tool(workdir, "--dump", "no/such/episode")
+    assert missing.returncode == 1 and "no episode 'no/such/episode'" in missing.stderr
+    empty = run_tool(tmp_path)
+    assert empty.returncode == 2 and "no episode records" in empty.stderr
+
+
+def test_a_damaged_shard_is_named(collected, tmp_path: Path) -> None:
+    workdir, iterations = collected
+    directory = tmp_path / "data" / "iter_000"
+    with ShardWriter(directory, "w0", 10) as writer:
+        for record in iterations[0]:
+            writer.write(record)
+    shard = writer.shards_written[0]
+    shard.write_bytes(shard.read_bytes()[:1000])
+    run = run_tool(tmp_path)
+    assert run.returncode == 1 and "w0-00000.arecord" in run.stderr and "truncated" in run.stderr

@@ -1,0 +1,161 @@
+"""Statistics of collected episode records, per iteration, or one episode as readable text.
+
+    python tools/inspect_records.py DIR                      # one JSON line per iteration
+    python tools/inspect_records.py DIR --dump EPISODE_ID    # one episode, turn by turn
+
+DIR is a workdir, its data/ directory, or one iter_NNN directory. Only manifest-listed
+shards are read (as the trainer reads them); a damaged shard is reported, naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from dagger_jax.data.examples import plan_examples
+from dagger_jax.data.records import EpisodeRecord, RecordError
+from dagger_jax.data.shards import (
+    MANIFEST,
+    EpisodeSource,
+    ShardError,
+    all_iteration_dirs,
+    iter_records,
+    iteration_dirs_in,
+    iteration_of,
+    read_manifest,
+)
+
+# Example statistics without a length limit: what the episodes would cost to train on.
+_NO_LIMIT = 2**62
+
+
+def record_dirs(path: Path) -> list[Path]:
+    """The iteration directories that path (workdir, data dir or iter dir) stands for."""
+    if (path / MANIFEST).exists() or iteration_of(path) is not None:
+        return [path]
+    return iteration_dirs_in(path) or all_iteration_dirs(path)
+
+
+def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[str, Any]:
+    episodes = turns = student = teacher = labelled = failures = unparsed = resolved = 0
+    trunk_tokens = example_tokens = trained_turns = 0
+    beta_sum = 0.0
+    end_reasons: Counter = Counter()
+    for record in records:
+        episodes += 1
+        turns += len(record.turns)
+        student += sum(t.executor == "student" for t in record.turns)
+        teacher += sum(t.executor == "teacher" for t in record.turns)
+        labelled += sum(t.labelled for t in record.turns)
+        failures += sum(not t.labelled for t in record.turns)
+        unparsed += sum(not t.parse_ok for t in record.turns)
+        resolved += record.outcome.resolved
+        end_reasons[record.outcome.end_reason] += 1
+        beta_sum += record.beta
+        trunk_tokens += len(record.trunk_ids)
+        _, stats = plan_examples(record.turn_summaries(), _NO_LIMIT)
+        example_tokens += stats.tokens
+        trained_turns += stats.trained_turns
+
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 4) if b else None
+
+    return {
+        "iteration": iteration_of(directory),
+        "dir": str(directory),
+        "shards": len(read_manifest(directory)),
+        "episodes": episodes,
+        "turns": turns,
+        "student_turns": student,
+        "teacher_turns": teacher,
+        "student_fraction": ratio(student, turns),
+        "teacher_fraction": ratio(teacher, turns),
+        "labelled_turns": labelled,
+        "label_failures": failures,
+        "unparsed_actions": unparsed,
+        "resolved": resolved,
+        "resolve_rate": ratio(resolved, episodes),
+        "end_reasons": dict(sorted(end_reasons.items())),
+        "mean_turns": ratio(turns, episodes),
+        "mean_beta": ratio(beta_sum, episodes),
+        "mean_trunk_tokens": ratio(trunk_tokens, episodes),
+        "tokens_per_labelled_turn": ratio(example_tokens, trained_turns),
+    }
+
+
+def _indent(text: str) -> str:
+    return textwrap.indent(text, "    ", lambda line: True) if text else "    (empty)"
+
+
+def render_episode(record: EpisodeRecord) -> str:
+    """The conversation as executed, each assistant turn with its executor and the label."""
+    o = record.outcome
+    lines = [
+        f"episode {record.episode_id}  task {record.task_id}  iteration {record.iteration}  "
+        f"beta {record.beta}  seed {record.seed}",
+        f"student {record.student_version}  teacher {record.teacher_id}  "
+        f"{len(record.trunk_ids)} trunk tokens  {len(record.turns)} turns",
+        f"outcome: {'RESOLVED' if o.resolved else 'not resolved'}  end {o.end_reason}  "
+        f"F2P {o.fail_to_pass_passed}/{o.fail_to_pass_total}  "
+        f"P2P {o.pass_to_pass_passed}/{o.pass_to_pass_total}"
+        + (f"  error: {o.error}" if o.error else ""),
+    ]
+    turn = 0
+    for message in record.messages:
+        role = message["role"]
+        if role != "assistant":
+            lines += [f"--- [{role}]", _indent(message["content"])]
+            continue
+        t = record.turns[turn]
+        turn += 1
+        parse = "" if t.parse_ok else "  (unparseable action)"
+        lines.append(f"--- [assistant] turn {t.index}: {t.executor}{parse}")
+        lines.append(_indent(message["content"]))
+        if t.executor == "student":
+            if t.label_text is None:
+                lines.append("    >>> teacher label: FAILED (no label, no example)")
+            else:
+                lines += ["    >>> teacher label:", _indent(_indent(t.label_text))]
+    if o.patch:
+        lines += ["--- patch", _indent(o.patch)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path, help="a workdir, its data/ dir, or one iter_NNN dir")
+    parser.add_argument("--dump", metavar="EPISODE_ID", help="print this episode as text")
+    args = parser.parse_args(argv)
+    if not args.dir.is_dir():
+        print(f"inspect_records: {args.dir} is not a directory", file=sys.stderr)
+        return 2
+    dirs = record_dirs(args.dir)
+    if not dirs:
+        print(f"inspect_records: no episode records under {args.dir} (expected a workdir, its "
+              "data/ dir, or an iter_NNN dir)", file=sys.stderr)
+        return 2
+    try:
+        if args.dump is not None:
+            source = EpisodeSource(dirs)  # finds the episode from the manifests, reads one
+            for key, location in enumerate(source.locations):
+                if location.episode_id == args.dump:
+                    print(render_episode(source[key]))
+                    return 0
+            print(f"inspect_records: no episode {args.dump!r} under {args.dir}", file=sys.stderr)
+            return 1
+        for directory in dirs:
+            print(json.dumps(iteration_stats(directory, iter_records(directory))), flush=True)
+    except (ShardError, RecordError, OSError) as e:
+        print(f"inspect_records: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
