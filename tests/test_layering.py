@@ -18,6 +18,7 @@ ALLOWED = {
     "train": {"models", "workdir"},
     "policies": {"agent", "envs", "models", "tokenizer"},
     "rollout": {"agent", "envs", "policies", "data", "models", "tokenizer"},
+    "serving": {"models", "policies", "tokenizer", "agent"},
 }
 
 

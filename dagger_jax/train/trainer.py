@@ -30,13 +30,20 @@ def _with_shardings(abstract: Any, shardings: Any) -> Any:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def global_batch(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Places a global host batch: each process contributes its contiguous block of rows."""
+def global_batch(mesh, batch: dict[str, np.ndarray], local: bool = False) -> dict[str, jax.Array]:
+    """Places a batch on the mesh. By default `batch` is the whole global batch (every process
+    holds it) and each process contributes its contiguous block of rows; with local=True it is
+    already this process's block (a pipeline that reads only its own part, such as the
+    trajectory pipeline), and the global batch has process_count times its rows."""
     sharding = batch_sharding(mesh)
     count, index = jax.process_count(), jax.process_index()
     out = {}
     for key in BATCH_KEYS:
         rows = batch[key]
+        if local:
+            out[key] = jax.make_array_from_process_local_data(
+                sharding, rows, (rows.shape[0] * count, *rows.shape[1:]))
+            continue
         if rows.shape[0] % count:
             raise ValueError(f"batch of {rows.shape[0]} rows does not split over {count} processes")
         per = rows.shape[0] // count

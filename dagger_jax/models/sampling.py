@@ -1,0 +1,368 @@
+"""Batched autoregressive decoding with a KV cache over our Qwen3 params, and scoring.
+
+The decoder here is a functional twin of `qwen3.Qwen3ForCausalLM` (same params tree, same
+RMSNorm / RoPE / grouped-query attention numerics, fp32 compute) that also reads and writes a
+KV cache, which the training module has no reason to carry.
+
+Layout. Each row keeps its sequence contiguous in cache slots: slot p holds the token at
+position p. Prompts are right-padded into a [batch, P] prefill; the first generated token of a
+row goes to slot len(prompt), overwriting prefill padding, and attention only sees slots <= the
+query's own position. So no row ever sees another row's padding, and a row's output is the same
+whether it runs alone or in a batch.
+
+Shapes are bucketed (batch, prompt length, cache length, stop-id count) so that requests of
+varied sizes reuse a few compiled programs. Decoding runs as a device-side while loop in chunks
+of `chunk_steps` tokens; between chunks the host may end rows early (stop strings need a
+tokenizer, which only the host has).
+
+Log-probs. Every returned log-prob is log_softmax of the model's raw logits (temperature 1, no
+top-p truncation) at the sampled token: the model's own probability of what was generated,
+whatever sampling settings produced it. This is what a trainer or an importance weight wants;
+note that it is not the probability under the tempered / truncated sampling distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dagger_jax.models.config import Qwen3Config
+from dagger_jax.models.qwen3 import Qwen3ForCausalLM, RMSNorm, apply_rope, output_embedding, rope_tables
+
+Array = jax.Array
+
+# Below this, lengths round up to a power of two; above, to a multiple of it (bounded waste).
+_POW2_LIMIT = 512
+MIN_SEQ_BUCKET = 16
+# Positions per vocabulary projection when scoring, so [T, vocab] logits are never whole.
+_SCORE_CHUNK = 128
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """The compiled size that holds n: a power of two up to 512, then a multiple of 512."""
+    n = max(int(n), minimum, 1)
+    if n <= _POW2_LIMIT:
+        return 1 << (n - 1).bit_length()
+    return -(-n // _POW2_LIMIT) * _POW2_LIMIT
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One row to decode. temperature 0 is greedy; `seed` makes sampling reproducible."""
+
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if not self.prompt:
+            raise ValueError("Request.prompt is empty: decoding needs at least one token")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"Request.max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"Request.top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature < 0:
+            raise ValueError(f"Request.temperature must be >= 0, got {self.temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """What one row produced. `matched` is the stop token id or stop string that ended it."""
+
+    tokens: tuple[int, ...]
+    logprobs: tuple[float, ...]      # untempered model log-probs of `tokens` (see module doc)
+    finish_reason: str               # "stop" | "length"
+    matched: int | str | None = None
+
+
+# Host-side early stop: (row, generated tokens, how many were already checked) ->
+# (tokens to keep, matched stop string), or None to go on.
+StopCheck = Callable[[int, Sequence[int], int], "tuple[int, str] | None"]
+
+
+class _Controls(NamedTuple):
+    prompt_len: Array   # [B] int32
+    max_new: Array      # [B] int32
+    temperature: Array  # [B] float32
+    top_p: Array        # [B] float32
+    stop_ids: Array     # [B, K] int32, -1 = none
+    seeds: Array        # [B] uint32
+
+
+class _State(NamedTuple):
+    k: Array            # [layers, B, S, kv_heads, head_dim]
+    v: Array
+    tokens: Array       # [B, S] prompt then generated tokens, slot = position
+    logprobs: Array     # [B, S] log-prob of the generated token in each slot
+    logits: Array       # [B, vocab] next-token logits of each row
+    length: Array       # [B] tokens so far (prompt + generated)
+    done: Array         # [B]
+    stopped: Array      # [B] ended by a stop token
+
+
+# --- the model, functionally, with a cache ------------------------------------------------
+
+def _rms(x: Array, scale: Array, eps: float) -> Array:
+    return RMSNorm(eps, x.dtype, scale.dtype).apply({"params": {"scale": scale}}, x)
+
+
+def _dense(x: Array, p: dict) -> Array:
+    y = jnp.dot(x, p["kernel"].astype(jnp.float32))
+    return y + p["bias"].astype(jnp.float32) if "bias" in p else y
+
+
+def _attend(q: Array, k: Array, v: Array, positions: Array) -> Array:
+    """q [B, T, heads, d] over cache k / v [B, S, kv, d]; a query sees slots <= its position."""
+    b, t, heads, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, heads // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    visible = jnp.arange(k.shape[1])[None, None, :] <= positions[:, :, None]
+    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads * d)
+
+
+def _forward(params: Any, config: Qwen3Config, tokens: Array, positions: Array,
+             k_cache: Array, v_cache: Array) -> tuple[Array, Array, Array]:
+    """Runs tokens [B, T] at positions [B, T], writing their K/V to those cache slots.
+
+    Returns the final-norm hidden states [B, T, hidden] and the updated caches.
+    """
+    cfg = config
+    b, t = tokens.shape
+    hq, hkv, d, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
+    rows = jnp.arange(b)[:, None]
+    x = jnp.take(params["embed_tokens"], tokens, axis=0).astype(jnp.float32)
+    cos, sin = rope_tables(positions, d, cfg.rope_theta)
+
+    def layer(x, scanned):
+        lp, kc, vc = scanned
+        attn = lp["self_attn"]
+        h = _rms(x, lp["input_layernorm"]["scale"], eps)
+        q = _rms(_dense(h, attn["q_proj"]).reshape(b, t, hq, d), attn["q_norm"]["scale"], eps)
+        k = _rms(_dense(h, attn["k_proj"]).reshape(b, t, hkv, d), attn["k_norm"]["scale"], eps)
+        v = _dense(h, attn["v_proj"]).reshape(b, t, hkv, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        kc = kc.at[rows, positions].set(k.astype(kc.dtype))
+        vc = vc.at[rows, positions].set(v.astype(vc.dtype))
+        x = x + _dense(_attend(q, kc, vc, positions), attn["o_proj"])
+        h = _rms(x, lp["post_attention_layernorm"]["scale"], eps)
+        mlp = lp["mlp"]
+        x = x + _dense(jax.nn.silu(_dense(h, mlp["gate_proj"])) * _dense(h, mlp["up_proj"]),
+                       mlp["down_proj"])
+        return x, (kc, vc)
+
+    x, (k_cache, v_cache) = jax.lax.scan(layer, x, (params["layers"], k_cache, v_cache))
+    return _rms(x, params["norm"]["scale"], eps), k_cache, v_cache
+
+
+def _unembed(params: Any, config: Qwen3Config, hidden: Array) -> Array:
+    w = output_embedding(params, config).astype(jnp.float32)
+    return jnp.einsum("...h,hv->...v", hidden, w, preferred_element_type=jnp.float32)
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+def _sample(logits: Array, temperature: Array, top_p: Array, keys: Array) -> tuple[Array, Array]:
+    """Per-row greedy (temperature 0) or temperature + nucleus sampling; untempered log-probs."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    greedy = jnp.argmax(logits, axis=-1)
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    # Nucleus: keep the most likely tokens until the mass *before* a token reaches top_p (the
+    # top token is always kept), expressed as a logit threshold so no scatter is needed.
+    ordered = -jnp.sort(-scaled, axis=-1)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]
+    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+    truncated = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    sampled = jax.vmap(jax.random.categorical)(keys, truncated)
+    tokens = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "cache_len"))
+def _prefill(params: Any, tokens: Array, controls: _Controls, *, config: Qwen3Config,
+             cache_len: int) -> _State:
+    b, p = tokens.shape
+    shape = (config.num_hidden_layers, b, cache_len, config.num_key_value_heads, config.head_dim)
+    k = jnp.zeros(shape, jnp.float32)
+    positions = jnp.broadcast_to(jnp.arange(p), (b, p))
+    hidden, k, v = _forward(params, config, tokens, positions, k, jnp.zeros_like(k))
+    last = hidden[jnp.arange(b), controls.prompt_len - 1]
+    seq = jnp.zeros((b, cache_len), jnp.int32).at[:, :p].set(tokens)
+    return _State(k, v, seq, jnp.zeros((b, cache_len), jnp.float32), _unembed(params, config, last),
+                  controls.prompt_len, controls.max_new <= 0, jnp.zeros((b,), bool))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps"))
+def _decode(params: Any, controls: _Controls, state: _State, *, config: Qwen3Config,
+            steps: int) -> _State:
+    """Up to `steps` tokens for every unfinished row (stops early once all rows are done)."""
+    b, cache_len = state.tokens.shape
+    rows = jnp.arange(b)
+
+    def body(carry):
+        i, s = carry
+        active = ~s.done
+        # A row's key depends only on its seed and position: the same draw in any batch.
+        keys = jax.vmap(lambda seed, pos: jax.random.fold_in(jax.random.key(seed), pos))(
+            controls.seeds, s.length)
+        tok, lp = _sample(s.logits, controls.temperature, controls.top_p, keys)
+        slot = jnp.where(active, s.length, cache_len)  # finished rows write nowhere
+        tokens = s.tokens.at[rows, slot].set(tok, mode="drop")
+        logprobs = s.logprobs.at[rows, slot].set(lp, mode="drop")
+        length = s.length + active
+        at_limit = length - controls.prompt_len >= controls.max_new
+        # SGLang checks the length limit before stop tokens: a stop token that is also the
+        # last allowed token finishes as "length".
+        hit = active & jnp.any(tok[:, None] == controls.stop_ids, axis=1) & ~at_limit
+        pos = jnp.minimum(s.length, cache_len - 1)[:, None]
+        hidden, k, v = _forward(params, config, tok[:, None], pos, s.k, s.v)
+        new = _State(k, v, tokens, logprobs, _unembed(params, config, hidden[:, 0]), length,
+                     s.done | hit | at_limit, s.stopped | hit)
+        return i + 1, new
+
+    _, state = jax.lax.while_loop(lambda c: (c[0] < steps) & ~jnp.all(c[1].done), body, (0, state))
+    return state
+
+
+# --- host side -------------------------------------------------------------------------------
+
+def _controls(requests: Sequence[Request], batch: int, stop_width: int) -> tuple[np.ndarray, _Controls]:
+    prompt_bucket = bucket(max(len(r.prompt) for r in requests), MIN_SEQ_BUCKET)
+    tokens = np.zeros((batch, prompt_bucket), np.int32)
+    plen = np.ones(batch, np.int32)          # padding rows: one token, nothing to generate
+    max_new = np.zeros(batch, np.int32)
+    temperature = np.zeros(batch, np.float32)
+    top_p = np.ones(batch, np.float32)
+    stop_ids = np.full((batch, stop_width), -1, np.int32)
+    seeds = np.zeros(batch, np.uint32)
+    for i, r in enumerate(requests):
+        tokens[i, :len(r.prompt)] = r.prompt
+        plen[i], max_new[i] = len(r.prompt), r.max_new_tokens
+        temperature[i], top_p[i] = r.temperature, r.top_p
+        stop_ids[i, :len(r.stop_token_ids)] = r.stop_token_ids
+        seeds[i] = np.uint32(r.seed & 0xFFFFFFFF)
+    return tokens, _Controls(*(jnp.asarray(a) for a in (plen, max_new, temperature, top_p, stop_ids, seeds)))
+
+
+def generate(params: Any, config: Qwen3Config, requests: Sequence[Request], *,
+             stop_check: StopCheck | None = None, chunk_steps: int = 64) -> list[Completion]:
+    """Decodes all requests as one batch; returns one Completion per request, in order."""
+    if not requests:
+        return []
+    if chunk_steps < 1:
+        raise ValueError(f"generate: chunk_steps must be >= 1, got {chunk_steps}")
+    for i, r in enumerate(requests):
+        bad = [t for t in r.prompt if not 0 <= t < config.vocab_size]
+        if bad:
+            raise ValueError(f"requests[{i}].prompt: token id {bad[0]} is outside the vocabulary "
+                             f"[0, {config.vocab_size})")
+    batch = bucket(len(requests))
+    tokens, controls = _controls(requests, batch, bucket(max(len(r.stop_token_ids) for r in requests), 4))
+    cache_len = max(tokens.shape[1], bucket(max(len(r.prompt) + r.max_new_tokens for r in requests),
+                                            MIN_SEQ_BUCKET))
+    state = _prefill(params, jnp.asarray(tokens), controls, config=config, cache_len=cache_len)
+    plen = [len(r.prompt) for r in requests]
+    cut: dict[int, tuple[int, str]] = {}      # rows ended on the host by a stop string
+    checked = [0] * len(requests)
+    while True:
+        done = np.asarray(state.done)
+        if done[:len(requests)].all():
+            break
+        state = _decode(params, controls, state, config=config, steps=chunk_steps)
+        if stop_check is not None:
+            length, seq = np.asarray(state.length), np.asarray(state.tokens)
+            for i in range(len(requests)):
+                n = int(length[i]) - plen[i]
+                if i in cut or n <= checked[i]:
+                    continue
+                hit = stop_check(i, seq[i, plen[i]:plen[i] + n].tolist(), checked[i])
+                checked[i] = n
+                if hit is not None:
+                    cut[i] = hit
+            if cut:
+                ended = np.zeros(batch, bool)
+                ended[list(cut)] = True
+                state = state._replace(done=state.done | jnp.asarray(ended))
+    return _completions(requests, state, plen, cut)
+
+
+def _completions(requests: Sequence[Request], state: _State, plen: list[int],
+                 cut: dict[int, tuple[int, str]]) -> list[Completion]:
+    length, seq = np.asarray(state.length), np.asarray(state.tokens)
+    logprobs, stopped = np.asarray(state.logprobs), np.asarray(state.stopped)
+    out = []
+    for i, r in enumerate(requests):
+        n = int(length[i]) - plen[i]
+        ids = seq[i, plen[i]:plen[i] + n].tolist()
+        lps = logprobs[i, plen[i]:plen[i] + n].tolist()
+        keep, matched_str = cut.get(i, (n, None))
+        if matched_str is not None and not (keep == n and stopped[i]):
+            # A stop string ended the row (a stop token on the same last token wins, as in SGLang).
+            out.append(Completion(tuple(ids[:keep]), tuple(lps[:keep]), "stop", matched_str))
+        elif stopped[i]:
+            out.append(Completion(tuple(ids), tuple(lps), "stop", ids[-1]))
+        else:
+            out.append(Completion(tuple(ids), tuple(lps), "length", None))
+    return out
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _next_token_logprobs(params: Any, tokens: Array, *, config: Qwen3Config) -> Array:
+    """[B, T] -> [B, T]: entry t is log p(tokens[t + 1] | tokens[:t + 1]); the last is junk."""
+    b, t = tokens.shape
+    hidden = Qwen3ForCausalLM(config).apply({"params": params}, tokens, return_hidden=True)
+    targets = jnp.concatenate([tokens[:, 1:], jnp.zeros((b, 1), tokens.dtype)], axis=1)
+    chunk = min(t, _SCORE_CHUNK)
+
+    def one(args):
+        h, tgt = args
+        logp = jax.nn.log_softmax(_unembed(params, config, h), axis=-1)
+        return jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+
+    split = lambda a: jnp.moveaxis(a.reshape(b, t // chunk, chunk, *a.shape[2:]), 1, 0)  # noqa: E731
+    out = jax.lax.map(one, (split(hidden), split(targets)))
+    return jnp.moveaxis(out, 0, 1).reshape(b, t)
+
+
+def token_logprobs(params: Any, config: Qwen3Config,
+                   sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """For each sequence s: [log p(s[i] | s[:i]) for i in 1..len(s)-1], from one batched forward."""
+    if not sequences:
+        return []
+    longest = max(len(s) for s in sequences)
+    if min(len(s) for s in sequences) == 0:
+        raise ValueError("token_logprobs: empty sequence")
+    tokens = np.zeros((bucket(len(sequences)), bucket(longest, MIN_SEQ_BUCKET)), np.int32)
+    for i, s in enumerate(sequences):
+        bad = [t for t in s if not 0 <= int(t) < config.vocab_size]
+        if bad:
+            raise ValueError(f"sequences[{i}]: token id {bad[0]} is outside the vocabulary "
+                             f"[0, {config.vocab_size})")
+        tokens[i, :len(s)] = s
+    lp = np.asarray(_next_token_logprobs(params, jnp.asarray(tokens), config=config))
+    return [lp[i, :len(s) - 1] for i, s in enumerate(sequences)]
+
+
+def score(params: Any, config: Qwen3Config, input_ids: Sequence[int],
+          target_ids: Sequence[int]) -> np.ndarray:
+    """log p(target_ids[i] | input_ids + target_ids[:i]) for each i, from one forward."""
+    if not input_ids:
+        raise ValueError("score: input_ids is empty (the first target needs a context)")
+    if not target_ids:
+        return np.zeros((0,), np.float32)
+    return token_logprobs(params, config, [list(input_ids) + list(target_ids)])[0][-len(target_ids):]
