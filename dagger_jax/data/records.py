@@ -113,7 +113,9 @@ class TurnRecord:
     the executed assistant tokens including end-of-turn. label_ids are the label as student ids
     (content + end-of-turn): what training targets after the prompt. label_text is None when the
     teacher call failed (label_ids then []): such a turn yields no example. The latencies are
-    None for a model that was not called at this turn.
+    None for a model that was not called at this turn. finish_reason is why the executed
+    generation stopped (stop | length | abort); a turn cut at its token limit was closed with an
+    end-of-turn the model did not sample, so its sample_logprobs are one shorter than its ids.
     """
 
     index: int
@@ -128,6 +130,7 @@ class TurnRecord:
     student_latency_s: float | None = None
     teacher_latency_s: float | None = None
     parse_ok: bool = True
+    finish_reason: str = "stop"
 
     FIELDS = {
         "index": "int",
@@ -142,6 +145,7 @@ class TurnRecord:
         "student_latency_s": "float|None",
         "teacher_latency_s": "float|None",
         "parse_ok": "bool",
+        "finish_reason": "str",
     }
 
     @property
@@ -319,10 +323,11 @@ class EpisodeRecord:
                 out.append(
                     f"{name} is teacher-executed but its label_ids differ from its executed ids"
                 )
-            if turn.sample_logprobs and len(turn.sample_logprobs) != turn.num_executed:
+            sampled = turn.num_executed - (turn.finish_reason == "length")
+            if turn.sample_logprobs and len(turn.sample_logprobs) != sampled:
                 out.append(
                     f"{name} has {len(turn.sample_logprobs)} sample_logprobs for "
-                    f"{turn.num_executed} executed ids"
+                    f"{turn.num_executed} executed ids (finish {turn.finish_reason})"
                 )
         assistant = sum(1 for m in self.messages if m.get("role") == "assistant")
         if assistant != len(self.turns):

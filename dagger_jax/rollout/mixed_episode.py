@@ -151,7 +151,7 @@ class _Episode:
             sample_logprobs=list(executed.logprobs), teacher_logprobs=teacher_logprobs,
             student_latency_s=executed.latency_s if executor == STUDENT else None,
             teacher_latency_s=label.latency_s if label else None,
-            parse_ok=True))
+            parse_ok=True, finish_reason=executed.finish_reason))
         self.stats.count("turns")
         self.stats.count(f"{executor}_turns")
         return await self._execute(text, sandbox)

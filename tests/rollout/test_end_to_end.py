@@ -1,0 +1,187 @@
+"""Issue 4's end to end, with real parts only: the stand-in SGLang server serving a tiny student
+(its own process), the scripted expert as teacher, synthetic tasks in bubblewrap, the rollout
+service in its own process -> ArrayRecord shards -> reader -> packed batches -> one train step.
+A second test kills one of two student servers mid-collection: the pool fails over and every
+episode completes."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from dagger_jax.agent import ChatTokenizer
+from dagger_jax.data.examples import build_examples
+from dagger_jax.data.shards import EpisodeSource
+from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline
+from dagger_jax.envs.tasks.synthetic import generate_tasks
+from dagger_jax.envs.tasks.task import write_tasks
+from dagger_jax.models.config import Qwen3Config
+from dagger_jax.models.hf_export import export_hf
+from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params
+from dagger_jax.policies.generation import SamplingParams
+from dagger_jax.policies.sglang_client import SGLangClient
+from dagger_jax.rollout.collector import CollectionJob
+from dagger_jax.rollout.mixed_episode import EpisodeSettings
+from dagger_jax.rollout.mixing import RolloutRule
+from dagger_jax.rollout.service import ServiceJob
+from dagger_jax.rollout.service_client import RolloutServiceClient
+from dagger_jax.train.optimizer import make_optimizer
+from dagger_jax.train.train_step import TrainState, make_train_step
+from tests.rollout.test_service import free_port, start_service
+
+ROOT = Path(__file__).resolve().parents[2]
+BETA = 0.5
+MAX_NEW = 24
+TASKS = generate_tasks(6, seed=33)
+
+
+def tiny_config(vocab: int) -> Qwen3Config:
+    return Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                       max_position_embeddings=4096, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory, chat_dir, chat):
+    config = tiny_config(len(chat.tokenizer))
+    params = init_params(config, jax.random.key(0))
+    return export_hf(params, config, tmp_path_factory.mktemp("student") / "hf", tokenizer_dir=chat_dir)
+
+
+def start_student_server(model_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, str(ROOT / "tools" / "serve_local.py"), "--model",
+                                str(model_dir), "--port", "0", "--max-batch", "8"],
+                               stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    url = process.stdout.readline().strip()
+    assert url.startswith("http://"), log.read_text()
+    return process, url
+
+
+def service_job(tmp_path, chat_dir, endpoints, job_id="iter0") -> ServiceJob:
+    tasks_path = tmp_path / "tasks.jsonl"
+    write_tasks(TASKS, tasks_path)
+    job = CollectionJob(job_id=job_id, iteration=0, rule=RolloutRule(beta=BETA),
+                        task_ids=tuple(t.instance_id for t in TASKS),
+                        out_dir=str(tmp_path / "data" / "iter_000"), episodes_per_task=2, seed=7,
+                        student_version="step0", teacher_id="scripted-expert",
+                        settings=EpisodeSettings(max_turns=6, max_new_tokens=MAX_NEW, context_budget=4096))
+    return ServiceJob(job=job, tasks_path=str(tasks_path), tokenizer_path=str(chat_dir), sandbox="bwrap",
+                      student={"kind": "sglang", "endpoints": endpoints,
+                               "sampling": {"temperature": 0.0, "max_new_tokens": MAX_NEW}},
+                      teacher={"kind": "expert"}, concurrency=4, records_per_shard=4)
+
+
+def test_served_student_expert_teacher_service_shards_batches_train_step(
+        tmp_path, chat_dir, chat: ChatTokenizer, student_dir, bwrap_backend):
+    server, url = start_student_server(student_dir, tmp_path / "server.log")
+    port = free_port()
+    service = start_service(port, tmp_path / "service.log")
+    try:
+        job = service_job(tmp_path, chat_dir, [url])
+        report = asyncio.run(RolloutServiceClient(f"http://127.0.0.1:{port}", poll_s=0.2).run(job))
+        records = list(EpisodeSource(job.job.out_dir)[i] for i in range(12))
+        turns = [t for r in records for t in r.turns]
+        student_turns = [(r, t) for r in records for t in r.turns if t.executor == "student"]
+
+        # The executed-by-student fraction is 1 - beta (a binomial, 3.5 sigma).
+        n = len(turns)
+        assert abs(len(student_turns) - n * (1 - BETA)) <= 3.5 * math.sqrt(n * BETA * (1 - BETA))
+        # Every visited state has a label; one teacher call per visited state.
+        assert all(t.label_text is not None and t.label_ids for t in turns)
+        assert report["stats"]["teacher_calls"] == n == report["stats"]["turns"]
+
+        # The recorded student ids are what the server returned (greedy: ask again and compare).
+        async def regenerate():
+            client = SGLangClient(url, vocab_size=len(chat.tokenizer))
+            params = SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW,
+                                    stop_token_ids=(chat.end_of_turn_id,))
+            try:
+                return [await client.generate(r.trunk_ids[:t.prompt_len], params) for r, t in student_turns[:6]]
+            finally:
+                await client.aclose()
+
+        for (r, t), again in zip(student_turns, asyncio.run(regenerate())):
+            executed = r.trunk_ids[t.prompt_len:t.executed_end]
+            if again.finish_reason == "length":  # closed with an end-of-turn the model did not emit
+                assert executed == [*again.output_ids, chat.end_of_turn_id]
+            else:
+                assert executed == list(again.output_ids)
+            assert len(t.sample_logprobs) == len(again.output_ids)
+            np.testing.assert_allclose(t.sample_logprobs, again.logprobs, atol=1e-4)
+
+        # Loss mask = exactly the label tokens.
+        for r in records:
+            examples, _ = build_examples(r, max_len=4096)
+            for ex in examples:
+                masked = [int(i) for i, m in zip(ex.ids, ex.loss_mask) if m]
+                labels = [i for t in r.turns if t.label_ids for i in t.label_ids]
+                assert masked and _is_subsequence_of_labels(masked, r)
+                assert len(masked) <= len(labels)
+
+        # Reader -> packed batches -> one train step.
+        pipeline = TrajectoryPipeline([job.job.out_dir], seq_len=4096, batch_size=2, seed=0,
+                                      process_index=0, process_count=1)
+        batch = pipeline.batch(0)
+        assert batch["input_ids"].shape == (2, 4096) and batch["loss_mask"].sum() > 0
+        config = tiny_config(len(chat.tokenizer))
+        optimizer, schedule = make_optimizer(ml_collections.ConfigDict(dict(
+            steps=10, lr=1e-3, warmup_steps=1, schedule="constant", end_lr_ratio=1.0, b1=0.9,
+            b2=0.95, eps=1e-8, weight_decay=0.0, clip_grad_norm=1.0)))
+        params = init_params(config, jax.random.key(0))
+        state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+        step = jax.jit(make_train_step(Qwen3ForCausalLM(config), optimizer, schedule, 1, loss_chunk=256))
+        state, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()})
+        assert int(metrics["target_tokens"]) == int(batch["loss_mask"].sum())
+        assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
+    finally:
+        for process in (server, service):
+            process.kill()
+            process.wait()
+
+
+def _is_subsequence_of_labels(masked: list[int], record) -> bool:
+    """The masked tokens are the concatenation of some turns' label ids, in turn order."""
+    remaining = list(masked)
+    for t in record.turns:
+        if t.label_ids and remaining[:len(t.label_ids)] == t.label_ids:
+            remaining = remaining[len(t.label_ids):]
+    return not remaining
+
+
+def test_a_student_server_killed_mid_collection_fails_over(tmp_path, chat_dir, chat, student_dir,
+                                                          bwrap_backend):
+    first, url_a = start_student_server(student_dir, tmp_path / "a.log")
+    second, url_b = start_student_server(student_dir, tmp_path / "b.log")
+    port = free_port()
+    service = start_service(port, tmp_path / "service.log")
+    try:
+        job = service_job(tmp_path, chat_dir, [url_a, url_b], job_id="iter0kill")
+        seen = []
+
+        def on_status(status):
+            seen.append(status["stats"].get("student_calls", 0))
+            if first.poll() is None and seen[-1] >= 4:
+                os.kill(first.pid, signal.SIGKILL)
+
+        report = asyncio.run(RolloutServiceClient(f"http://127.0.0.1:{port}", poll_s=0.2)
+                             .run(job, on_status=on_status))
+        assert first.poll() is not None, "the first server was never killed"
+        assert report["failed"] == {} and report["episodes_written"] == 12
+        records = [EpisodeSource(job.job.out_dir)[i] for i in range(12)]
+        assert all(r.outcome.end_reason in ("finish", "turn_limit") for r in records)
+    finally:
+        for process in (first, second, service):
+            process.kill()
+            process.wait()
