@@ -323,8 +323,11 @@ class EpisodeRecord:
                 out.append(
                     f"{name} is teacher-executed but its label_ids differ from its executed ids"
                 )
-            sampled = turn.num_executed - (turn.finish_reason == "length")
-            if turn.sample_logprobs and len(turn.sample_logprobs) != sampled:
+            # At the token limit the collector closes the turn with an end-of-turn the model did
+            # not sample, unless the model's last sampled token already was one.
+            sampled = ({turn.num_executed, turn.num_executed - 1} if turn.finish_reason == "length"
+                       else {turn.num_executed})
+            if turn.sample_logprobs and len(turn.sample_logprobs) not in sampled:
                 out.append(
                     f"{name} has {len(turn.sample_logprobs)} sample_logprobs for "
                     f"{turn.num_executed} executed ids (finish {turn.finish_reason})"

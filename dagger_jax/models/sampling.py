@@ -37,14 +37,16 @@ from dagger_jax.models.qwen3 import Qwen3ForCausalLM, RMSNorm, apply_rope, outpu
 Array = jax.Array
 
 # Below this, lengths round up to a power of two; above, to a multiple of it (bounded waste).
-_POW2_LIMIT = 512
+# Each new shape costs a compile (seconds on CPU) while an episode's prompt grows turn by turn,
+# so few buckets beat tight ones: a prompt growing to 8K tokens meets at most 10 shapes.
+_POW2_LIMIT = 8192
 MIN_SEQ_BUCKET = 16
 # Positions per vocabulary projection when scoring, so [T, vocab] logits are never whole.
 _SCORE_CHUNK = 128
 
 
 def bucket(n: int, minimum: int = 1) -> int:
-    """The compiled size that holds n: a power of two up to 512, then a multiple of 512."""
+    """The compiled size that holds n: a power of two up to 8192, then a multiple of 8192."""
     n = max(int(n), minimum, 1)
     if n <= _POW2_LIMIT:
         return 1 << (n - 1).bit_length()

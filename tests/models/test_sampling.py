@@ -150,6 +150,6 @@ def test_zero_new_tokens_and_bad_input(model):
 
 
 def test_buckets():
-    assert [bucket(n, 16) for n in (1, 16, 17, 512, 513, 1500)] == [16, 16, 32, 512, 1024, 1536]
+    assert [bucket(n, 16) for n in (1, 16, 17, 512, 513, 1500, 9000)] == [16, 16, 32, 512, 1024, 2048, 16384]
     assert bucket(3) == 4 and bucket(0) == 1
     assert sampling.MIN_SEQ_BUCKET == 16
