@@ -61,6 +61,41 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.export = ml_collections.ConfigDict(dict(at_end=True, dtype="float32",
                                               max_shard_bytes=2 * 1024**3))
+
+    # The outer loop (recipes/loop.py): collect -> aggregate -> train -> checkpoint -> export ->
+    # reload the student -> evaluate, per iteration. Disabled: the plain training job above.
+    c.loop = ml_collections.ConfigDict(dict(
+        enabled=False,
+        recipe="dagger",          # sft | rs_sft | dagger | aggrevate | opd | grpo (recipes/recipes.py)
+        iterations=3,
+        schedule="paper",         # beta schedule: constant | linear | exponential | paper
+        schedule_params="{}",     # JSON object of the schedule's parameters
+        prefix_start=2,           # AggreVaTe: student prefix k_i = prefix_start + prefix_step (i - 1)
+        prefix_step=2,
+        tasks_per_iteration=16,
+        epochs=3,                 # over the aggregated data, per iteration
+        max_turns=12,
+        max_new_tokens=192,
+        context_budget=4096,
+        concurrency=4,
+        sandbox="bwrap",          # bwrap | docker
+        rollout_service="",       # URL of a rollout service; empty: collect in-process
+        student_endpoints="",     # SGLang URLs, comma-separated; empty: the in-process JAX sampler
+        teacher="expert",         # expert | sglang | openai
+        teacher_endpoints="",     # sglang: URLs; openai: the base URL
+        teacher_model="",
+        temperature=0.7,          # PAPER.md: rollouts at 0.7 / 0.9, evaluation greedy
+        top_p=0.9,
+    ))
+    c.tasks = ml_collections.ConfigDict(dict(
+        source="synthetic",       # synthetic | file (JSONL of tasks, e.g. from tools/make_tasks.py)
+        train_path="", heldout_path="",
+        num_train=64, num_heldout=16, train_seed=0, heldout_seed=1,
+        files=1, functions_per_file=2, distractors=0, hide_location=False,
+    ))
+    c.eval = ml_collections.ConfigDict(dict(
+        enabled=True, num_tasks=16, max_turns=12, shift_states=32,
+    ))
     return c
 
 

@@ -21,6 +21,7 @@ from dagger_jax.data.packing import batch_for_step, pack_examples
 from dagger_jax.data.sample_corpus import sample_conversations, sample_texts
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import export_hf
+from dagger_jax.recipes.loop import Loop
 from dagger_jax import workdir as layout
 from dagger_jax.log_filters import quiet_library_logs
 from dagger_jax.tokenizer import ensure_default_tokenizer, load_tokenizer, save_tokenizer
@@ -87,6 +88,10 @@ def run(config: Any, workdir: str | Path) -> Path | None:
                          f"config.model.vocab_size is {model_config.vocab_size}")
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if config.loop.enabled:
+        history = Loop(config, workdir, model_config, tokenizer_dir).run()
+        print_history(config, history)
+        return layout.export_dir(workdir)
     trainer = Trainer(config, workdir, model_config)
     state = trainer.fit(sample_batches(config, tokenizer))
     if not config.export.at_end:
@@ -97,6 +102,20 @@ def run(config: Any, workdir: str | Path) -> Path | None:
         logging.info("exported step %d to %s", int(state.step), out)
         (out / "dagger_jax.json").write_text(json.dumps({"step": int(state.step)}))
     return out
+
+
+def print_history(config: Any, history: list[dict]) -> None:
+    """One row per iteration: the numbers the recipes are compared by."""
+    if jax.process_index() != 0 or not history:
+        return
+    columns = ("iteration", "beta", "labelled_turns", "train_steps", "resolve_rate",
+               "submission_rate", "parse_error_rate", "mean_turns", "loop_rate",
+               "nll_student_states", "nll_teacher_states")
+    print(f"recipe {config.loop.recipe}")
+    print(" ".join(f"{c:>18}" for c in columns))
+    for row in history:
+        print(" ".join(f"{row.get(c, float('nan')):>18.4g}" if isinstance(row.get(c), float)
+                       else f"{str(row.get(c, '-')):>18}" for c in columns))
 
 
 def main(argv: list[str]) -> None:

@@ -131,7 +131,13 @@ class _Episode:
                 else:
                     label = results[1]
         ids = executed_ids(self.chat, executed)
-        text = self.encoder.append_generated(ids)
+        try:
+            text = self.encoder.append_generated(ids)
+        except ValueError as e:  # ids outside the tokenizer (a padded vocabulary), a stray end-of-turn
+            self.end_reason = "policy_error" if executor == STUDENT else "teacher_error"
+            self.error = f"{executor} turn {index} cannot join the conversation: {e}"
+            self.stats.count(f"{executor}_failures")
+            return False
         start, end = self.encoder.assistant_spans[-1]
         if start != len(prompt) or self.encoder.ids[:start] != prompt:
             raise RuntimeError(f"episode {self.episode_id}: the conversation's tokens no longer "

@@ -95,23 +95,27 @@ class Trainer:
     def save(self, state: TrainState) -> None:
         self.checkpointer.save(int(state.step), state.params, state.opt_state, self.model_config)
 
-    def fit(self, batch_fn: BatchFn, state: TrainState | None = None) -> TrainState:
-        """Trains to `train.steps`, checkpointing every `train.checkpoint_every` steps and at the end."""
+    def fit(self, batch_fn: BatchFn, state: TrainState | None = None, total_steps: int | None = None,
+            local_batches: bool = False) -> TrainState:
+        """Trains to `total_steps` (default `train.steps`), checkpointing every
+        `train.checkpoint_every` steps and at the end. `batch_fn(step)` gives the global batch
+        of that step, or with local_batches this process's rows of it."""
         c = self.config.train
         state = self.initial_state() if state is None else state
         start = int(state.step)
+        end = c.steps if total_steps is None else int(total_steps)
         writer = MetricWriter(layout.tensorboard_dir(self.workdir))
         columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
         tokens_since, time_since = 0, time.perf_counter()
         with Progress(*columns, disable=jax.process_index() != 0 or not self.config.progress) as progress:
-            task = progress.add_task("train", total=c.steps, completed=start, info="")
-            for step in range(start, c.steps):
+            task = progress.add_task("train", total=end, completed=start, info="")
+            for step in range(start, end):
                 host_batch = batch_fn(step)
                 tokens_since += int(np.count_nonzero(host_batch["segment_ids"]))
-                state, metrics = self._step(state, global_batch(self.mesh, host_batch))
+                state, metrics = self._step(state, global_batch(self.mesh, host_batch, local_batches))
                 done = step + 1
-                if done % c.log_every == 0 or done == c.steps:
+                if done % c.log_every == 0 or done == end:
                     scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     elapsed = time.perf_counter() - time_since
                     scalars["tokens_per_second"] = tokens_since / max(elapsed, 1e-9)
@@ -123,7 +127,7 @@ class Trainer:
                     progress.update(task, info=info)
                     logging.info("step %d: %s", done, info)
                 progress.update(task, completed=done)
-                if done % c.checkpoint_every == 0 or done == c.steps:
+                if done % c.checkpoint_every == 0 or done == end:
                     self.save(state)
         writer.close()
         return state
