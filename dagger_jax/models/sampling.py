@@ -63,9 +63,15 @@ class Request:
     top_p: float = 1.0
     stop_token_ids: tuple[int, ...] = ()
     seed: int = 0
+    # Sample only ids below this (0: the whole vocabulary). A model's vocabulary is often padded
+    # past its tokenizer's (Qwen3: 151936 vs 151669); an untrained model samples the padding.
+    # Log-probs are then over the allowed ids.
+    vocab_limit: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
+        if self.vocab_limit < 0:
+            raise ValueError(f"Request.vocab_limit must be >= 0, got {self.vocab_limit}")
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if not self.prompt:
             raise ValueError("Request.prompt is empty: decoding needs at least one token")
@@ -99,6 +105,7 @@ class _Controls(NamedTuple):
     top_p: Array        # [B] float32
     stop_ids: Array     # [B, K] int32, -1 = none
     seeds: Array        # [B] uint32
+    vocab_limit: Array  # [B] int32: ids at or above it are never sampled
 
 
 class _State(NamedTuple):
@@ -176,8 +183,11 @@ def _unembed(params: Any, config: Qwen3Config, hidden: Array) -> Array:
 
 # --- sampling -------------------------------------------------------------------------------
 
-def _sample(logits: Array, temperature: Array, top_p: Array, keys: Array) -> tuple[Array, Array]:
+def _sample(logits: Array, temperature: Array, top_p: Array, keys: Array,
+            vocab_limit: Array) -> tuple[Array, Array]:
     """Per-row greedy (temperature 0) or temperature + nucleus sampling; untempered log-probs."""
+    allowed = jnp.arange(logits.shape[-1])[None, :] < vocab_limit[:, None]
+    logits = jnp.where(allowed, logits, -jnp.inf)
     logp = jax.nn.log_softmax(logits, axis=-1)
     greedy = jnp.argmax(logits, axis=-1)
     scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
@@ -220,7 +230,7 @@ def _decode(params: Any, controls: _Controls, state: _State, *, config: Qwen3Con
         # A row's key depends only on its seed and position: the same draw in any batch.
         keys = jax.vmap(lambda seed, pos: jax.random.fold_in(jax.random.key(seed), pos))(
             controls.seeds, s.length)
-        tok, lp = _sample(s.logits, controls.temperature, controls.top_p, keys)
+        tok, lp = _sample(s.logits, controls.temperature, controls.top_p, keys, controls.vocab_limit)
         slot = jnp.where(active, s.length, cache_len)  # finished rows write nowhere
         tokens = s.tokens.at[rows, slot].set(tok, mode="drop")
         logprobs = s.logprobs.at[rows, slot].set(lp, mode="drop")
@@ -250,13 +260,17 @@ def _controls(requests: Sequence[Request], batch: int, stop_width: int) -> tuple
     top_p = np.ones(batch, np.float32)
     stop_ids = np.full((batch, stop_width), -1, np.int32)
     seeds = np.zeros(batch, np.uint32)
+    limit = np.full(batch, np.iinfo(np.int32).max, np.int32)
     for i, r in enumerate(requests):
+        if r.vocab_limit:
+            limit[i] = r.vocab_limit
         tokens[i, :len(r.prompt)] = r.prompt
         plen[i], max_new[i] = len(r.prompt), r.max_new_tokens
         temperature[i], top_p[i] = r.temperature, r.top_p
         stop_ids[i, :len(r.stop_token_ids)] = r.stop_token_ids
         seeds[i] = np.uint32(r.seed & 0xFFFFFFFF)
-    return tokens, _Controls(*(jnp.asarray(a) for a in (plen, max_new, temperature, top_p, stop_ids, seeds)))
+    return tokens, _Controls(*(jnp.asarray(a) for a in (plen, max_new, temperature, top_p, stop_ids,
+                                                        seeds, limit)))
 
 
 def generate(params: Any, config: Qwen3Config, requests: Sequence[Request], *,

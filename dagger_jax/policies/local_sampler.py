@@ -97,7 +97,9 @@ class LocalSampler:
                  tokenizer: Any | None = None, decode: Decode | None = None, max_batch: int = 8,
                  weight_version: str = DEFAULT_WEIGHT_VERSION, model_path: str | None = None,
                  tokenizer_path: str | None = None, eos_token_ids: Sequence[int] | None = None,
-                 seed: int | None = None, chunk_steps: int = 64):
+                 seed: int | None = None, chunk_steps: int = 64, vocab_limit: int = 0):
+        """vocab_limit: sample only ids below it (0: all); set it to the tokenizer's size when
+        the model's vocabulary is padded past the tokenizer's."""
         if max_batch < 1:
             raise ValueError(f"LocalSampler.max_batch must be >= 1, got {max_batch}")
         if chunk_steps < 1:
@@ -105,6 +107,7 @@ class LocalSampler:
         self.name = name
         self.max_batch = max_batch
         self.chunk_steps = chunk_steps
+        self.vocab_limit = int(vocab_limit)
         self.tokenizer_path = tokenizer_path
         self._decode = _decoder(tokenizer, decode)
         self._model = _Model(params, config, model_path, weight_version)
@@ -180,7 +183,8 @@ class LocalSampler:
             return Sampled(gen, None, 0)
         seed = params.seed if params.seed is not None else int(self._rng.integers(0, 2**32))
         request = sampling.Request(ids, params.max_new_tokens, params.temperature, params.top_p,
-                                   tuple(params.stop_token_ids) + self.eos_token_ids, seed)
+                                   tuple(params.stop_token_ids) + self.eos_token_ids, seed,
+                                   vocab_limit=self.vocab_limit)
         return await self._submit("generate", (request, params.stop))
 
     async def score(self, input_ids: Sequence[int], target_ids: Sequence[int],

@@ -158,7 +158,8 @@ class Loop:
         if urls:
             return EndpointPool.from_urls(urls, vocab_size=len(self.chat.tokenizer))
         return LocalSampler.from_hf_dir(export, tokenizer=None, max_batch=self.config.loop.concurrency,
-                                        weight_version=self.state.weight_version)
+                                        weight_version=self.state.weight_version,
+                                        vocab_limit=len(self.chat.tokenizer))
 
     def _settings(self, max_turns: int) -> EpisodeSettings:
         loop = self.config.loop

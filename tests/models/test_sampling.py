@@ -153,3 +153,15 @@ def test_buckets():
     assert [bucket(n, 16) for n in (1, 16, 17, 512, 513, 1500, 9000)] == [16, 16, 32, 512, 1024, 2048, 16384]
     assert bucket(3) == 4 and bucket(0) == 1
     assert sampling.MIN_SEQ_BUCKET == 16
+
+
+def test_vocab_limit_keeps_sampling_below_it(model):
+    _, config, params = model
+    limit = 40
+    out = generate(params, config, [Request(p, NEW, temperature=1.5, seed=i, vocab_limit=limit)
+                                    for i, p in enumerate(PROMPTS)])
+    assert all(t < limit for o in out for t in o.tokens)
+    free = generate(params, config, [Request(p, NEW, temperature=1.5, seed=i) for i, p in enumerate(PROMPTS)])
+    assert any(t >= limit for o in free for t in o.tokens)  # without it the model goes past 40
+    with pytest.raises(ValueError, match="vocab_limit must be >= 0"):
+        Request(PROMPTS[0], NEW, vocab_limit=-1)
