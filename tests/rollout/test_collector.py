@@ -116,3 +116,32 @@ def test_faults_end_only_their_episode_with_a_reason(tmp_path, chat, bwrap_backe
     with pytest.raises(ValueError, match="not in the task set"):
         asyncio.run(collect(CollectionJob(**{**job(tmp_path, 0.5).__dict__, "task_ids": ("nope",)}),
                             TASKS, student=Looker(), teacher=None, chat=chat, backend=bwrap_backend))
+
+
+def test_a_sandbox_fault_ends_only_its_episode(tmp_path, chat, docker_backend):
+    """One task's image is missing and another's container is killed mid-episode: those two
+    episodes end with sandbox_error and their reasons; the others are collected as usual."""
+    import dataclasses
+
+    import docker
+
+    tasks = dict(list(TASKS.items())[:3])
+    ids = list(tasks)
+    tasks[ids[0]] = dataclasses.replace(tasks[ids[0]], image="dagger-jax/no-such-image:1", repo_files=None)
+
+    class Killer(Looker):
+        async def act(self, state):
+            if state.task.instance_id == ids[1]:
+                docker.from_env().containers.get(state.sandbox.container_id).kill()
+            return await super().act(state)
+
+    report = asyncio.run(collect(
+        CollectionJob(job_id="faults", iteration=0, rule=RolloutRule(beta=0.0), task_ids=tuple(ids),
+                      out_dir=str(tmp_path / "iter_000"), settings=EpisodeSettings(max_turns=2)),
+        tasks, student=Killer(), teacher=ExpertActor(ScriptedExpert()), chat=chat,
+        backend=docker_backend, concurrency=3))
+    records = {r.task_id: r for r in (EpisodeSource(tmp_path / "iter_000")[i] for i in range(3))}
+    assert report.failed == {"sandbox_error": 2} and report.episodes_written == 3
+    assert "no-such-image" in records[ids[0]].outcome.error
+    assert "died" in records[ids[1]].outcome.error
+    assert records[ids[2]].outcome.end_reason == "turn_limit" and len(records[ids[2]].turns) == 2
