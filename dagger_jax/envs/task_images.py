@@ -24,6 +24,7 @@ import docker.errors
 import requests.exceptions
 
 from dagger_jax.envs.base_image import DEFAULT_RECIPE
+from dagger_jax.envs.sandbox.docker_sandbox import owned_by_root
 from dagger_jax.envs.tasks.repo import materialize_repo
 from dagger_jax.envs.tasks.task import Task
 
@@ -49,18 +50,12 @@ def task_image_name(task: Task, base_image: str = DEFAULT_RECIPE.image) -> str:
 def _build_context(repo_dir: Path, base_image: str) -> io.BytesIO:
     """A tar build context: the Dockerfile and the repo (owned by root, as the container's user)."""
     dockerfile = f"FROM {base_image}\nCOPY testbed /testbed\nWORKDIR /testbed\n".encode()
-
-    def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        return info
-
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo("Dockerfile")
         info.size = len(dockerfile)
         tar.addfile(info, io.BytesIO(dockerfile))
-        tar.add(str(repo_dir), arcname="testbed", filter=as_root)
+        tar.add(str(repo_dir), arcname="testbed", filter=owned_by_root)
     buffer.seek(0)
     return buffer
 

@@ -49,15 +49,18 @@ _TRAILER = re.compile(rb"dagger_jax_rc=(\d+)")
 STATE_SETTLE_S = 2.0
 
 
+def owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A tarfile filter: files owned by root (the container's user), so git sees no foreign owner."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
 def _repo_tar(repo_dir: Path) -> io.BytesIO:
-    """The repo as a tar owned by root (the container's user), so git sees no foreign owner."""
-    def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        return info
+    """The repo as a tar owned by root."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(str(repo_dir), arcname=".", filter=as_root)
+        tar.add(str(repo_dir), arcname=".", filter=owned_by_root)
     buffer.seek(0)
     return buffer
 
