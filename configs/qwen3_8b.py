@@ -4,13 +4,14 @@ Start from the real weights with `tools/import_hf.py --hf-dir <Qwen3-8B> --workd
 and pass `--config.tokenizer.dir=<the same dir>`.
 """
 
-from dagger_jax.config_base import lock, paper_pod_config
+from dagger_jax.config_base import lock, paper_loop, paper_pod_config
 
 
 def get_config(arg: str | None = None):
-    return lock(paper_pod_config(dict(
+    """No argument: the plain training job; `:<recipe>` (sft, dagger, ...): the paper's loop."""
+    return lock(paper_loop(paper_pod_config(dict(
         vocab_size=151_936, hidden_size=4096, intermediate_size=12_288, num_hidden_layers=36,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128,
         rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
         attention_bias=False, max_position_embeddings=40_960, eos_token_id=151_645,
-    )))
+    )), arg))

@@ -118,6 +118,30 @@ def paper_pod_config(model_fields: dict) -> ml_collections.ConfigDict:
     return c
 
 
+def paper_loop(c: ml_collections.ConfigDict, recipe: str | None) -> ml_collections.ConfigDict:
+    """The paper's outer loop (PAPER.md) for `recipe` (None: the plain training job).
+
+    Teacher Qwen3-Coder-30B-A3B-Instruct on SGLang (endpoints from launch/sglang_fleet.sh via
+    --config.loop.teacher_endpoints / student_endpoints), SWE-Gym tasks as a task file
+    (tools/make_tasks.py --source swebench), 5 iterations of 512 instances, 3 epochs per round,
+    rollouts at temperature 0.7 / top-p 0.9, 64K context, 100 turns, docker sandboxes.
+    """
+    if not recipe:
+        return c
+    c.loop.update(dict(
+        enabled=True, recipe=recipe, iterations=5, schedule="paper", tasks_per_iteration=512,
+        epochs=3, max_turns=100, max_new_tokens=4096, context_budget=65_536, concurrency=64,
+        sandbox="docker", teacher="sglang", teacher_model="Qwen/Qwen3-Coder-30B-A3B-Instruct",
+        temperature=0.7, top_p=0.9))
+    c.tasks.update(dict(source="file", train_path="tasks/swegym_train.jsonl",
+                        heldout_path="tasks/swegym_heldout.jsonl"))
+    c.eval.update(dict(num_tasks=100, max_turns=100, shift_states=256))
+    # Weight-1 cross-entropy over 3 epochs per round: a constant rate after warmup, so later
+    # rounds are not trained at a decayed rate.
+    c.train.update(dict(schedule="constant"))
+    return c
+
+
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.lock()
     return config
