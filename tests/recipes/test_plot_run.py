@@ -1,0 +1,30 @@
+"""tools/plot_run.py draws real loop histories (state.json as the loop writes it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from dagger_jax.recipes.loop import LoopState
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "plot_run.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_plots_several_runs_and_refuses_a_non_loop_dir(tmp_path):
+    for name, rates in (("sft", [0.1, 0.2]), ("dagger", [0.1, 0.4])):
+        history = [{"iteration": i + 1, "resolve_rate": r, "labelled_turns": 50 * (i + 1),
+                    "nll_student_states": 1.0 - r, "nll_teacher_states": 0.5} for i, r in enumerate(rates)]
+        (tmp_path / name).mkdir()
+        LoopState(iteration=3, history=history).save(tmp_path / name)
+    out = tmp_path / "curves.png"
+    done = run(str(tmp_path / "sft"), str(tmp_path / "dagger"), "--out", str(out), "--x", "labelled_turns")
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    bad = run(str(tmp_path / "nowhere"), "--out", str(out))
+    assert bad.returncode != 0 and "has no state.json" in bad.stderr
