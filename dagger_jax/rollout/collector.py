@@ -91,6 +91,7 @@ class CollectionReport:
     resolved: int
     failed: dict[str, int]          # end_reason -> count, for episodes ended by a fault
     stats: dict[str, float]
+    endpoints: dict[str, Any] = dataclasses.field(default_factory=dict)  # role -> client / pool stats
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,8 +145,26 @@ async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Act
         finally:
             for task in pending:
                 task.cancel()
+    endpoints = {role: found for role, actor in (("student", student), ("teacher", teacher))
+                 if (found := endpoint_stats(actor)) is not None}
+    snapshot = stats.snapshot()
+    snapshot["retries"] = sum(_retries(e) for e in endpoints.values())
     return CollectionReport(job.job_id, len(job.episode_ids()), written, len(job.episode_ids()) - len(todo),
-                            resolved, failed, stats.snapshot())
+                            resolved, failed, snapshot, endpoints)
+
+
+def endpoint_stats(actor: Actor | None) -> dict[str, Any] | None:
+    """The retry / failover counters of an actor's model client (a pool or one client), if any."""
+    stats = getattr(getattr(actor, "generator", None), "stats", None)
+    if callable(stats):
+        return stats()
+    return stats.as_dict() if hasattr(stats, "as_dict") else None
+
+
+def _retries(stats: dict[str, Any]) -> int:
+    if "endpoints" in stats:  # a pool: its clients' retries
+        return sum(e["client"]["retries"] for e in stats["endpoints"])
+    return int(stats.get("retries", 0))
 
 
 class _progress:

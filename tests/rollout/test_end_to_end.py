@@ -179,6 +179,9 @@ def test_a_student_server_killed_mid_collection_fails_over(tmp_path, chat_dir, c
                              .run(job, on_status=on_status))
         assert first.poll() is not None, "the first server was never killed"
         assert report["failed"] == {} and report["episodes_written"] == 12
+        pool = report["endpoints"]["student"]
+        assert pool["failovers"] >= 1 and report["stats"]["retries"] >= 1
+        assert [e["up"] for e in pool["endpoints"]] == [False, True]
         records = [EpisodeSource(job.job.out_dir)[i] for i in range(12)]
         assert all(r.outcome.end_reason in ("finish", "turn_limit") for r in records)
     finally:
