@@ -266,7 +266,7 @@ class Loop:
     def _train(self, i: int) -> None:
         pipeline = self._pipeline(i)
         if self.state.train_start is None:
-            start = int(self.trainer.initial_state().step)
+            start = self.trainer.checkpointer.latest_step() or 0  # no need to restore the weights
             self.state.train_start = start
             self.state.train_end = start + pipeline.num_steps(self.config.loop.epochs)
             self.state.save(self.workdir)
@@ -328,6 +328,14 @@ class Loop:
         log.info("iteration %d: %s", i, json.dumps(metrics))
 
     def _labelled_turns(self, i: int) -> int:
-        """Teacher-labelled turns collected so far (the budget recipes are compared at)."""
-        return sum(1 for k in range(1, i + 1) for r in EpisodeSource(iteration_dir(self.workdir, k))
-                   for t in r.turns if t.label_ids)
+        """Teacher-labelled turns collected so far (the budget recipes are compared at), from
+        the manifests' turn summaries: no record is read."""
+        source = EpisodeSource([iteration_dir(self.workdir, k) for k in range(1, i + 1)])
+        total = 0
+        for key in range(len(source)):
+            summaries = source.turn_summaries(key)
+            if summaries is None:  # a manifest written without summaries: read the record
+                total += sum(1 for t in source[key].turns if t.label_ids)
+            else:
+                total += sum(1 for *_, label_len in summaries if label_len)
+        return total
