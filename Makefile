@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 sandbox-deps: setup
 	bash tools/ensure_sandbox_deps.sh $(VENV)/bin/python
 
-demo: setup
-	$(VENV)/bin/python -m dagger_jax.main --config=configs/local.py --workdir=$(WORKDIR)
+# SFT and DAgger at the same teacher-label budget on synthetic tasks (bubblewrap sandboxes).
+# SEEDS=0,1,2 for the multi-seed comparison.
+SEEDS ?= 0
+demo: setup sandbox-deps
+	$(VENV)/bin/python -m dagger_jax.demo --config=configs/local.py:dagger --workdir=$(WORKDIR) \
+	  --seeds=$(SEEDS) --recipes=sft,dagger
 
 test: setup sandbox-deps
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

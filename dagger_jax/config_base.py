@@ -58,6 +58,15 @@ def base_config() -> ml_collections.ConfigDict:
         log_every=10,
         checkpoint_every=50,
         keep_checkpoints=3,
+        # The per-token objective (train/loss.py): "" = from the loop's recipe (its weight:
+        # one | reverse_kl | group_advantage), cross-entropy ("one") for the plain job. Naming
+        # one that contradicts the recipe is an error.
+        objective="",
+        clip_eps=0.2,        # GRPO: the ratio is clipped to [1 - clip_eps, 1 + clip_eps]
+        # On-policy objectives: log-probs over ids below this only, as the sampler that recorded
+        # theirs (0: the whole vocabulary; the loop sets the tokenizer's size when it samples
+        # with the local JAX sampler, which never samples the padded ids past it).
+        vocab_limit=0,
     ))
     c.export = ml_collections.ConfigDict(dict(at_end=True, dtype="float32",
                                               max_shard_bytes=2 * 1024**3))
@@ -73,10 +82,12 @@ def base_config() -> ml_collections.ConfigDict:
         prefix_start=2,           # AggreVaTe: student prefix k_i = prefix_start + prefix_step (i - 1)
         prefix_step=2,
         tasks_per_iteration=16,
+        label_budget=0,           # > 0: an iteration stops starting episodes at this many labelled turns
         epochs=3,                 # over the aggregated data, per iteration
         max_turns=12,
         max_new_tokens=192,
         context_budget=4096,
+        prompt_style="full",      # full (the scaffold's) | compact (agent/prompts.py; CPU demo)
         concurrency=4,
         sandbox="bwrap",          # bwrap | docker
         rollout_service="",       # URL of a rollout service; empty: collect in-process
@@ -92,6 +103,8 @@ def base_config() -> ml_collections.ConfigDict:
         train_path="", heldout_path="",
         num_train=64, num_heldout=16, train_seed=0, heldout_seed=1,
         files=1, functions_per_file=2, distractors=0, hide_location=False,
+        templates=0,              # > 0: only the first N function templates (synthetic.py)
+        bug_kinds="",             # comma-separated mutation operators; empty: all
     ))
     c.eval = ml_collections.ConfigDict(dict(
         enabled=True, num_tasks=16, max_turns=12, shift_states=32,

@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distractors", type=int, default=0)
     parser.add_argument("--hide-location", action="store_true",
                         help="the problem statement does not name the buggy file")
+    parser.add_argument("--templates", type=int, default=0,
+                        help="synthetic: draw functions from the first N templates only (0: all)")
+    parser.add_argument("--bug-kinds", default="",
+                        help="synthetic: comma-separated mutation operators (compare, arith, "
+                             "constant, boolop, variable); empty: all")
     parser.add_argument("--package", action="append", default=[],
                         help="pypi: NAME, NAME==VERSION or an sdist path; repeat for several")
     parser.add_argument("--sandbox", "--backend", dest="sandbox", choices=BACKENDS, default="bwrap",
@@ -76,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--source pypi needs at least one --package")
         tasks, failures = _pypi(args, backend)
     else:
-        difficulty = Difficulty(files=args.files, functions_per_file=args.functions_per_file,
-                                distractors=args.distractors, name_location=not args.hide_location)
+        try:
+            difficulty = Difficulty(files=args.files, functions_per_file=args.functions_per_file,
+                                    distractors=args.distractors, name_location=not args.hide_location,
+                                    templates=args.templates,
+                                    bug_kinds=tuple(k for k in args.bug_kinds.split(",") if k))
+        except ValueError as e:
+            parser.error(str(e))
         tasks, failures = list(generate_tasks(args.n, args.seed, args.split, difficulty)), []
     if backend.runs_images:
         tasks, image_failures = _with_images(tasks, backend)

@@ -54,13 +54,39 @@ def task_prompt(problem_statement: str, repo_path: str = DEFAULT_REPO_PATH) -> s
     )
 
 
+def compact_system_prompt(tools: Sequence[ToolSpec] = DEFAULT_TOOLS) -> str:
+    """The same tools and call format in a few lines: for students trained from scratch on CPU,
+    where the full prompt's ~800 tokens per example cost more compute than the actions."""
+    if not tools:
+        raise ValueError("compact_system_prompt: no tools given; the agent could not act")
+    listed = "; ".join(f"{t.name}({', '.join(p.name for p in t.parameters)})" for t in tools)
+    return (f"You fix issues in a repository with one tool call per turn. Tools: {listed}.\n"
+            f"Format:\n{CALL_FORMAT_EXAMPLE}")
+
+
+def compact_task_prompt(problem_statement: str, repo_path: str = DEFAULT_REPO_PATH) -> str:
+    if not problem_statement.strip():
+        raise ValueError("compact_task_prompt: the problem statement is empty")
+    return f"Repository: {repo_path}\n<issue>\n{problem_statement.strip()}\n</issue>"
+
+
+PROMPT_STYLES = ("full", "compact")
+
+
 def initial_messages(
     problem_statement: str,
     repo_path: str = DEFAULT_REPO_PATH,
     tools: Sequence[ToolSpec] = DEFAULT_TOOLS,
+    style: str = "full",
 ) -> list[dict[str, str]]:
-    """The conversation an episode starts from: the system prompt and the task prompt."""
-    return [
-        {"role": "system", "content": system_prompt(tools)},
-        {"role": "user", "content": task_prompt(problem_statement, repo_path)},
-    ]
+    """The conversation an episode starts from: the system prompt and the task prompt.
+
+    style "full" is the scaffold's prompt (what a pretrained model needs); "compact" says the
+    same in a few lines (the local demo's from-scratch student learns the format from labels)."""
+    if style == "full":
+        system, task = system_prompt(tools), task_prompt(problem_statement, repo_path)
+    elif style == "compact":
+        system, task = compact_system_prompt(tools), compact_task_prompt(problem_statement, repo_path)
+    else:
+        raise ValueError(f"prompt style {style!r}: choose from {PROMPT_STYLES}")
+    return [{"role": "system", "content": system}, {"role": "user", "content": task}]

@@ -116,6 +116,8 @@ class TurnRecord:
     None for a model that was not called at this turn. finish_reason is why the executed
     generation stopped (stop | length | abort); a turn cut at its token limit was closed with an
     end-of-turn the model did not sample, so its sample_logprobs are one shorter than its ids.
+    teacher_logprobs (on-policy distillation) are the teacher's log-probs of all the executed
+    ids, end-of-turn included: empty, or as many as the executed ids.
     """
 
     index: int
@@ -331,6 +333,13 @@ class EpisodeRecord:
                 out.append(
                     f"{name} has {len(turn.sample_logprobs)} sample_logprobs for "
                     f"{turn.num_executed} executed ids (finish {turn.finish_reason})"
+                )
+            # The teacher scores exactly the executed ids (end-of-turn included), so on-policy
+            # distillation can line its log-probs up with the student's token by token.
+            if turn.teacher_logprobs and len(turn.teacher_logprobs) != turn.num_executed:
+                out.append(
+                    f"{name} has {len(turn.teacher_logprobs)} teacher_logprobs for "
+                    f"{turn.num_executed} executed ids"
                 )
         assistant = sum(1 for m in self.messages if m.get("role") == "assistant")
         if assistant != len(self.turns):

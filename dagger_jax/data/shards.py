@@ -111,6 +111,9 @@ class ShardInfo:
     turn_summaries: tuple[list, ...] | None
     manifest: Path
     line: int
+    # Per episode, [task_id, resolved]: lets the trainer filter (rejection-sampling SFT) and
+    # group (GRPO) episodes unread. None in manifests written before it existed.
+    outcomes: tuple[list, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -156,6 +159,7 @@ def read_manifest(directory: PathLike) -> list[ShardInfo]:
             name, count = entry["shard"], entry["num_episodes"]
             ids, version, size = entry["episode_ids"], entry["schema_version"], entry["bytes"]
             summaries = entry.get("turn_summaries")
+            outcomes = entry.get("outcomes")
         except (ValueError, KeyError, TypeError) as e:
             raise ShardError(f"{where}: not a manifest entry ({type(e).__name__}: {e})") from e
         if not isinstance(version, int) or version > SCHEMA_VERSION:
@@ -168,6 +172,7 @@ def read_manifest(directory: PathLike) -> list[ShardInfo]:
             or len(ids) != count
             or (summaries is not None and not isinstance(summaries, list))
             or (summaries is not None and len(summaries) != count)
+            or (outcomes is not None and not _valid_outcomes(outcomes, count))
         ):
             raise ShardError(f"{where}: malformed entry for shard {name!r}")
         if name in seen:
@@ -178,9 +183,16 @@ def read_manifest(directory: PathLike) -> list[ShardInfo]:
             raise ShardError(f"{where}: listed shard {path} does not exist")
         shards.append(
             ShardInfo(path, count, tuple(ids), version, size,
-                      None if summaries is None else tuple(summaries), manifest, number)
+                      None if summaries is None else tuple(summaries), manifest, number,
+                      None if outcomes is None else tuple(outcomes))
         )
     return shards
+
+
+def _valid_outcomes(outcomes: Any, count: int) -> bool:
+    return (isinstance(outcomes, list) and len(outcomes) == count
+            and all(isinstance(o, list) and len(o) == 2 and isinstance(o[0], str)
+                    and isinstance(o[1], bool) for o in outcomes))
 
 
 def _as_dirs(dirs: PathLike | Sequence[PathLike]) -> list[Path]:
@@ -227,6 +239,7 @@ class ShardWriter:
         self._temp: Path | None = None
         self._ids: list[str] = []
         self._summaries: list[list] = []
+        self._outcomes: list[list] = []
         self.shards_written: list[Path] = []
 
     # Cleaning up temp files is only safe if no live writer uses this prefix: hold an flock
@@ -294,6 +307,7 @@ class ShardWriter:
         self._known.add(record.episode_id)
         self._ids.append(record.episode_id)
         self._summaries.append(record.turn_summaries())
+        self._outcomes.append([record.task_id, record.outcome.resolved])
         if len(self._ids) >= self.records_per_shard:
             self.flush()
         return True
@@ -307,8 +321,10 @@ class ShardWriter:
         if self._writer is None:
             return None
         writer, temp, ids, summaries = self._writer, self._temp, self._ids, self._summaries
+        outcomes = self._outcomes
         assert temp is not None
         self._writer, self._temp, self._ids, self._summaries = None, None, [], []
+        self._outcomes = []
         self._next_number += 1  # never reuse a number: the failed file may still be there
         final = temp.with_name(temp.name[: -len(TEMP_SUFFIX)])
         try:
@@ -324,6 +340,7 @@ class ShardWriter:
                 "schema_version": SCHEMA_VERSION,
                 "bytes": final.stat().st_size,
                 "turn_summaries": summaries,
+                "outcomes": outcomes,
             }
             self._append_manifest((json.dumps(entry, separators=(",", ":")) + "\n").encode())
         except BaseException:
@@ -430,6 +447,21 @@ class EpisodeSource:
         summaries = self.shards[location.shard].turn_summaries
         return None if summaries is None else summaries[location.position]
 
+    def outcome(self, key: int) -> tuple[str, bool]:
+        """(task_id, resolved) of source[key]: from the manifest when it lists outcomes, else
+        from the record itself (manifests written before outcomes were listed)."""
+        location = self.locations[key]
+        outcomes = self.shards[location.shard].outcomes
+        if outcomes is not None:
+            task_id, resolved = outcomes[location.position]
+            return task_id, resolved
+        record = self[key]
+        return record.task_id, record.outcome.resolved
+
+    def directory(self, key: int) -> Path:
+        """The directory (iteration) whose manifest lists source[key]."""
+        return self.shards[self.locations[key].shard].manifest.parent
+
     def read_bytes(self, key: int) -> bytes:
         location = self.locations[key]
         reader = self._reader(location.shard)
@@ -533,3 +565,20 @@ def open_shard(shard: ShardInfo, options: str = "") -> ArrayRecordReader:
 def iter_records(dirs: PathLike | Sequence[PathLike]) -> Iterator[EpisodeRecord]:
     """Every distinct manifest-listed episode in dirs, in order (duplicates skipped, warned)."""
     yield from EpisodeSource(dirs)
+
+
+def labelled_turns(dirs: PathLike | Sequence[PathLike]) -> int:
+    """Teacher-labelled turns stored in dirs (the budget recipes are compared at), from the
+    manifests' turn summaries; a record is decoded only where its manifest line has none."""
+    dirs = [d for d in _as_dirs(dirs) if d.exists()]
+    if not dirs:
+        return 0
+    source = EpisodeSource(dirs)
+    total = 0
+    for key in range(len(source)):
+        summaries = source.turn_summaries(key)
+        if summaries is None:
+            total += sum(1 for turn in source[key].turns if turn.label_ids)
+        else:
+            total += sum(1 for *_, label_len in summaries if label_len)
+    return total

@@ -23,7 +23,20 @@ per epoch) keeps each row's examples together across epochs; it is what makes th
 batches per epoch a constant.
 
 Row layout (see data/packing.pack_examples): input_ids, target_ids (next token within the
-example), loss_mask (float32; on where the target is a label token), segment_ids, positions.
+example), loss_mask (float32; on where the target is a trained token), segment_ids, positions,
+loss_weights (float32; the recipe's per-token weight, 1.0 on every target for weight one),
+old_logprobs (float32; the sampling log-prob of each target, on-policy recipes).
+
+The recipe's side (recipes/recipes.py), decided from the manifests before anything is read:
+- weighting: "one" trains on the teacher's labels (SFT, DAgger, AggreVaTe); "reverse_kl" (OPD)
+  and "group_advantage" (GRPO) train on the student's own sampled tokens (data/examples.py);
+- success_filter (rejection-sampling SFT): unresolved episodes yield no examples;
+- group_advantage: an episode's reward is 1.0 if resolved, else 0.0; its advantage is
+  (r - mean) / (std + GROUP_STD_EPS) over its group: the episodes of the same task in the same
+  directory (iteration), population std. A group whose rewards are all equal (one episode
+  alone, say) has advantage 0 everywhere: its tokens add nothing to the gradient, though they
+  still count in the per-token normaliser (GRPO's token mean). Advantages are fixed at build
+  time (they need every episode of the iteration), so batches stay a pure function of step.
 """
 
 from __future__ import annotations
@@ -39,8 +52,9 @@ from typing import Any
 import grain
 import numpy as np
 
-from dagger_jax.data.examples import ExampleStats, build_example, plan_examples
-from dagger_jax.data.packing import PACKED_KEYS, pack_examples
+from dagger_jax.data.examples import (WEIGHTINGS, ExampleStats, build_example, plan_examples,
+                                      target_of)
+from dagger_jax.data.packing import FLOAT_KEYS, PACKED_KEYS, pack_examples
 from dagger_jax.data.records import EpisodeRecord, RecordError
 from dagger_jax.data.shards import EpisodeSource
 
@@ -48,6 +62,20 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 PathLike = str | os.PathLike
+# GRPO: A = (r - mean) / (std + eps); eps keeps a group of rewards [1, 0, 0, 0] finite and a
+# group with one dissenter from blowing up, while leaving a [1, 0, 0, 1] group at about +-1.
+GROUP_STD_EPS = 1e-6
+
+
+def group_advantages(rewards: Sequence[float], eps: float = GROUP_STD_EPS) -> np.ndarray:
+    """GRPO's advantages of one group: (r - mean) / (population std + eps); all-equal -> 0."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if not len(r):
+        return r
+    centred = r - r.mean()
+    if not np.any(centred):  # all equal: exactly zero, however eps is chosen
+        return np.zeros_like(r)
+    return centred / (r.std() + eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +130,8 @@ class TrajectoryPipeline:
     batch_size is the global number of rows per step; this process gets batch_size /
     process_count of them (process_index / process_count default to jax's). max_len (default
     seq_len) bounds an example's length: longer ones are dropped and counted (stats.dropped).
+    weighting / success_filter are the recipe's (module doc); episodes_filtered counts the
+    unresolved episodes the success filter left out.
     """
 
     def __init__(
@@ -118,6 +148,8 @@ class TrajectoryPipeline:
         drop_remainder: bool = False,
         num_threads: int = 2,
         prefetch: int = 2,
+        weighting: str = "one",
+        success_filter: bool = False,
     ) -> None:
         if process_index is None or process_count is None:
             import jax  # only here: the data layer does not need jax otherwise
@@ -135,6 +167,10 @@ class TrajectoryPipeline:
             raise ValueError(f"process_index={process_index} not in [0, {process_count})")
         if open_bins < 1:
             raise ValueError(f"open_bins must be >= 1, got {open_bins}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting {weighting!r} not in {WEIGHTINGS}")
+        self.weighting, self.success_filter = weighting, success_filter
+        self.target = target_of(weighting)
         self.seq_len, self.batch_size, self.seed, self.max_len = seq_len, batch_size, seed, max_len
         self.process_index, self.process_count = process_index, process_count
         self.local_batch_size = batch_size // process_count
@@ -143,6 +179,7 @@ class TrajectoryPipeline:
 
         self.source = EpisodeSource(dirs)
         self.source.check_files()  # a truncated shard fails here, not steps into training
+        self._advantages = self._episode_advantages()
         self._index, self.stats = self._build_index()
         if not len(self._index.length):
             raise ValueError(
@@ -163,26 +200,59 @@ class TrajectoryPipeline:
         self._epoch_orders: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()  # grain loads batches from several threads
         log.info(
-            "trajectory pipeline: %d episodes (%d duplicates skipped), %d examples, %d rows of "
-            "%d (fill %.3f), %d batches/epoch of %d rows; %s",
-            len(self.source), self.source.num_duplicates, self.num_examples, self.num_rows,
-            seq_len, self.fill, self.batches_per_epoch, batch_size, self.stats.to_dict())
+            "trajectory pipeline: %d episodes (%d duplicates skipped, %d unresolved filtered "
+            "out), %d examples, %d rows of %d (fill %.3f), %d batches/epoch of %d rows, "
+            "weighting %s; %s",
+            len(self.source), self.source.num_duplicates, self.episodes_filtered,
+            self.num_examples, self.num_rows, seq_len, self.fill, self.batches_per_epoch,
+            batch_size, weighting, self.stats.to_dict())
 
     # --- planning -----------------------------------------------------------------------
+
+    def _episode_advantages(self) -> np.ndarray | None:
+        """Per episode key, its GRPO advantage (group_advantage only), from the manifests."""
+        if self.weighting != "group_advantage":
+            return None
+        groups: dict[tuple[str, str], list[int]] = {}
+        rewards = np.zeros(len(self.source), np.float64)
+        for key in range(len(self.source)):
+            task_id, resolved = self.source.outcome(key)
+            rewards[key] = 1.0 if resolved else 0.0
+            groups.setdefault((str(self.source.directory(key)), task_id), []).append(key)
+        advantages = np.zeros(len(self.source), np.float64)
+        for keys in groups.values():
+            advantages[keys] = group_advantages(rewards[keys])
+        informative = sum(1 for keys in groups.values() if np.any(advantages[keys]))
+        log.info("GRPO: %d groups (%d with differing rewards, the rest train at advantage 0), "
+                 "mean reward %.3f", len(groups), informative,
+                 rewards.mean() if len(rewards) else 0.0)
+        return advantages
 
     def _build_index(self) -> tuple[_Index, ExampleStats]:
         episodes, numbers, lengths = [], [], []
         stats = ExampleStats()
+        self.episodes_filtered = 0
         for key in range(len(self.source)):
+            if self.success_filter and not self.source.outcome(key)[1]:
+                self.episodes_filtered += 1
+                continue
             summaries = self.source.turn_summaries(key)
             if summaries is None:  # a manifest without summaries: read the record itself
                 summaries = self.source[key].turn_summaries()
-            specs, counts = plan_examples(summaries, self.max_len)
+            specs, counts = plan_examples(summaries, self.max_len, self.target)
             stats = stats + counts
             for number, spec in enumerate(specs):
                 episodes.append(key)
                 numbers.append(number)
                 lengths.append(spec.length)
+        if self.success_filter and self.episodes_filtered == len(self.source):
+            raise ValueError(
+                f"rejection-sampling SFT trains on resolved episodes only, and none of the "
+                f"{len(self.source)} episodes in {[str(d) for d in self.source.dirs]} is "
+                "resolved: nothing to train on (more tasks per iteration, or easier tasks)")
+        if self.success_filter:
+            log.info("success filter: %d of %d episodes unresolved, filtered out",
+                     self.episodes_filtered, len(self.source))
         index = _Index(np.asarray(episodes, np.int64), np.asarray(numbers, np.int32),
                        np.asarray(lengths, np.int64))
         return index, stats
@@ -199,6 +269,11 @@ class TrajectoryPipeline:
         h.update(
             f"{self.seq_len}|{self.batch_size}|{self.seed}|{self.max_len}|{self.open_bins}|"
             f"{self.drop_remainder}".encode())
+        # Only when not the defaults, so the states saved by weight-one runs stay valid.
+        if self.weighting != "one" or self.success_filter:
+            h.update(f"|{self.weighting}|{self.success_filter}".encode())
+        if self._advantages is not None:
+            h.update(self._advantages.tobytes())
         return h.hexdigest()[:16]
 
     @property
@@ -248,8 +323,8 @@ class TrajectoryPipeline:
         """This process's rows of training step `step` (any step >= 0; epochs follow on)."""
         records: dict[int, EpisodeRecord] = {}  # an episode's examples often share a row
         shape = (self.local_batch_size, self.seq_len)
-        out = {key: np.zeros(shape, np.int32) for key in PACKED_KEYS}
-        out["loss_mask"] = np.zeros(shape, np.float32)
+        out = {key: np.zeros(shape, np.float32 if key in FLOAT_KEYS else np.int32)
+               for key in PACKED_KEYS}
         for slot, row in enumerate(self.local_rows(step).tolist()):
             examples = [self._load_example(e, records) for e in self.row_examples(row)]
             if not examples:
@@ -262,20 +337,20 @@ class TrajectoryPipeline:
 
     def _load_example(
         self, example: int, records: dict[int, EpisodeRecord]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, ...]:
         key = int(self._index.episode[example])
         record = records.get(key)
         if record is None:
             record = records[key] = self.source[key]
-        specs, _ = plan_examples(record.turn_summaries(), self.max_len)
+        specs, _ = plan_examples(record.turn_summaries(), self.max_len, self.target)
         number = int(self._index.number[example])
         if number >= len(specs) or specs[number].length != self._index.length[example]:
             location = self.source.locations[key]
             raise RecordError(
                 f"{self.source.shards[location.shard].path} record {location.position}: episode "
                 f"{record.episode_id!r} does not match its manifest's turn summaries")
-        built = build_example(record, specs[number])
-        return built.ids, built.loss_mask
+        advantage = 0.0 if self._advantages is None else float(self._advantages[key])
+        return build_example(record, specs[number], self.weighting, advantage).arrays()
 
     # --- iteration ----------------------------------------------------------------------
 

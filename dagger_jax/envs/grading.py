@@ -19,7 +19,8 @@ from pathlib import Path
 
 from swebench import types as swebench_types
 from swebench.harness.constants import (END_TEST_OUTPUT, FAIL_TO_PASS, PASS_TO_PASS,
-                                        START_TEST_OUTPUT, EvalType, ResolvedStatus)
+                                        START_TEST_OUTPUT, TEST_EXIT_CODE_VAR, EvalType,
+                                        ResolvedStatus)
 from swebench.harness.grading import get_eval_tests_report, get_logs_eval, get_resolution_status
 from swebench.harness.log_parsers import PARSER_REGISTRY
 from swebench.harness.utils import parse_eval_script, record_test_exit_code
@@ -60,7 +61,10 @@ def test_spec(task: Task) -> swebench_types.TestSpec:
 def eval_script_lines(task: Task) -> list[str]:
     """The eval script's commands: the task's own (SWE-bench), else one built like the harness's."""
     if task.eval_script:
-        return record_test_exit_code(parse_eval_script(task.eval_script))
+        lines = parse_eval_script(task.eval_script)
+        # A TestSpec's script (what swebench_source keeps) records the exit code already; a
+        # second capture would read the first one's status (0) and hide the tests' own.
+        return lines if any(TEST_EXIT_CODE_VAR in line for line in lines) else record_test_exit_code(lines)
     files = " ".join(shlex.quote(f) for f in task.test_files)
     lines = [f"cd {REPO}", "git reset -q"]
     if files:

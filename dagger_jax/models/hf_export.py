@@ -77,6 +77,7 @@ def export_hf(params: Any, config: Qwen3Config, out_dir: str | Path,
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
     if writer:
+        _remove_dead_temps(out_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
 
@@ -117,3 +118,22 @@ def export_hf(params: Any, config: Qwen3Config, out_dir: str | Path,
     tmp.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_dead_temps(out_dir: Path) -> None:
+    """Temp dirs of exports to out_dir whose writer died (a killed run): each is a whole model's
+    worth of disk, and no later process would remove another pid's. A live writer's is kept."""
+    for stale in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)

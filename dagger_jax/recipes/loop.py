@@ -15,6 +15,7 @@ phase is idempotent, so a killed run resumes with the same command:
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
 import logging
@@ -26,7 +27,7 @@ import jax
 
 from dagger_jax import workdir as layout
 from dagger_jax.agent import ChatTokenizer
-from dagger_jax.data.shards import EpisodeSource, iteration_dir
+from dagger_jax.data.shards import EpisodeSource, iteration_dir, labelled_turns
 from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline
 from dagger_jax.envs.sandbox import make_backend
 from dagger_jax.envs.tasks.synthetic import Difficulty, generate_tasks
@@ -85,7 +86,9 @@ def load_tasks(config: Any) -> tuple[list[Task], list[Task]]:
     t = config.tasks
     if t.source == "synthetic":
         difficulty = Difficulty(files=t.files, functions_per_file=t.functions_per_file,
-                                distractors=t.distractors, name_location=not t.hide_location)
+                                distractors=t.distractors, name_location=not t.hide_location,
+                                templates=t.templates,
+                                bug_kinds=tuple(k for k in t.bug_kinds.split(",") if k))
         train = list(generate_tasks(t.num_train, t.train_seed, "train", difficulty))
         heldout = list(generate_tasks(t.num_heldout, t.heldout_seed, "heldout", difficulty))
     elif t.source == "file":
@@ -113,14 +116,23 @@ def _read(path: str, key: str) -> list[Task]:
 
 class Loop:
     def __init__(self, config: Any, workdir: Path, model_config: Qwen3Config, tokenizer_dir: Path):
+        # A copy: what the loop fills in below (the recipe's objective) is not the caller's.
+        config = copy.deepcopy(config)
         self.config, self.workdir, self.model_config = config, workdir, model_config
         self.tokenizer_dir = tokenizer_dir
         loop = config.loop
         self.recipe: Recipe = get_recipe(loop.recipe)
-        self.recipe.check_implemented()
-        if self.recipe.success_filter:
-            raise NotImplementedError(f"recipe {self.recipe.name!r}: the success filter is not "
-                                      "implemented in the training pipeline yet")
+        self.recipe.check_teacher(loop.teacher, loop.teacher_endpoints)
+        # The trainer's objective is the recipe's weight (train/loss.py); set here so the
+        # Trainer below builds its step for it.
+        if config.train.objective not in ("", self.recipe.weight):
+            raise ValueError(f"config.train.objective={config.train.objective!r} contradicts "
+                             f"recipe {self.recipe.name!r}, which trains with weight "
+                             f"{self.recipe.weight!r}: leave it empty")
+        config.train.objective = self.recipe.weight
+        if not loop.student_endpoints and not config.train.vocab_limit:
+            # The in-process sampler samples (and scores) ids below the tokenizer's size only.
+            config.train.vocab_limit = len(ChatTokenizer.from_path(tokenizer_dir).tokenizer)
         self.schedule = make_schedule(loop.schedule, json.loads(loop.schedule_params or "{}"))
         for i in range(1, loop.iterations + 1):  # every beta is checked before anything runs
             self.schedule(i)
@@ -164,7 +176,7 @@ class Loop:
     def _settings(self, max_turns: int) -> EpisodeSettings:
         loop = self.config.loop
         return EpisodeSettings(max_turns=max_turns, max_new_tokens=loop.max_new_tokens,
-                               context_budget=loop.context_budget)
+                               context_budget=loop.context_budget, prompt_style=loop.prompt_style)
 
     def _sampling(self, greedy: bool) -> SamplingParams:
         loop = self.config.loop
@@ -230,7 +242,8 @@ class Loop:
             task_ids=tuple(t.instance_id for t in tasks), out_dir=str(iteration_dir(self.workdir, i)),
             episodes_per_task=self.recipe.group_size, seed=self.config.seed + i,
             student_version=self.state.weight_version, teacher_id=loop.teacher,
-            settings=self._settings(loop.max_turns), metadata={"recipe": self.recipe.name})
+            settings=self._settings(loop.max_turns), metadata={"recipe": self.recipe.name},
+            label_budget=loop.label_budget)
         report = self._run_collection(job, {t.instance_id: t for t in tasks}, greedy=False,
                                       needs_student=rule.beta < 1.0 or rule.student_prefix is not None)
         log.info("iteration %d: collected %s", i, json.dumps(report.to_json()["stats"]))
@@ -261,7 +274,8 @@ class Loop:
         dirs = [iteration_dir(self.workdir, k) for k in range(first, i + 1)]
         c = self.config.train
         return TrajectoryPipeline(dirs, seq_len=c.seq_len, batch_size=c.batch_size,
-                                  seed=self.config.seed + 1000 * i)
+                                  seed=self.config.seed + 1000 * i, weighting=self.recipe.weight,
+                                  success_filter=self.recipe.success_filter)
 
     def _train(self, i: int) -> None:
         pipeline = self._pipeline(i)
@@ -275,6 +289,8 @@ class Loop:
                  pipeline.num_examples)
         self.trainer.fit(lambda step: pipeline.batch(step - start), total_steps=end,
                          local_batches=True)
+        log.info("iteration %d: trained with objective %s: %s", i, self.trainer.objective,
+                 json.dumps(self.trainer.last_metrics))
 
     def _export(self, i: int) -> None:
         state = self.trainer.initial_state()
@@ -328,14 +344,5 @@ class Loop:
         log.info("iteration %d: %s", i, json.dumps(metrics))
 
     def _labelled_turns(self, i: int) -> int:
-        """Teacher-labelled turns collected so far (the budget recipes are compared at), from
-        the manifests' turn summaries: no record is read."""
-        source = EpisodeSource([iteration_dir(self.workdir, k) for k in range(1, i + 1)])
-        total = 0
-        for key in range(len(source)):
-            summaries = source.turn_summaries(key)
-            if summaries is None:  # a manifest written without summaries: read the record
-                total += sum(1 for t in source[key].turns if t.label_ids)
-            else:
-                total += sum(1 for *_, label_len in summaries if label_len)
-        return total
+        """Teacher-labelled turns collected so far (the budget recipes are compared at)."""
+        return labelled_turns([iteration_dir(self.workdir, k) for k in range(1, i + 1)])

@@ -12,9 +12,12 @@ from dagger_jax.rollout.mixing import RolloutRule
 
 EXECUTORS = ("teacher", "mixture", "student_prefix", "student")
 LABELS = ("action", "logprobs", "none")
+# The weight is also the train objective's name (train/loss.py) and the data pipeline's
+# weighting (data/examples.py): one | reverse_kl | group_advantage.
 WEIGHTS = ("one", "reverse_kl", "group_advantage")
-# The losses the trainer has today; a recipe that needs another is refused at config time.
-IMPLEMENTED_WEIGHTS = ("one",)
+# Teachers that can score the student's tokens (label="logprobs"): a model behind token ids in
+# the student's tokenizer. The scripted expert and chat APIs give text only.
+TEACHERS_WITH_LOGPROBS = ("sglang",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +46,19 @@ class Recipe:
             return RolloutRule(beta=0.0, student_prefix=student_prefix, label=self.label)
         return RolloutRule(beta=beta, label=self.label)
 
-    def check_implemented(self) -> None:
-        if self.weight not in IMPLEMENTED_WEIGHTS:
-            raise NotImplementedError(
-                f"recipe {self.name!r} trains with weight {self.weight!r}, whose loss is not "
-                f"implemented yet (implemented: {IMPLEMENTED_WEIGHTS}); choose sft, rs_sft, "
-                "dagger or aggrevate")
+    def check_teacher(self, teacher: str, endpoints: str = "") -> None:
+        """Refuse, at config time, a teacher that cannot give what this recipe asks of it."""
+        if self.label != "logprobs":
+            return
+        if teacher not in TEACHERS_WITH_LOGPROBS:
+            raise ValueError(
+                f"recipe {self.name!r} needs the teacher's log-probs of the student's sampled "
+                f"tokens, and config.loop.teacher={teacher!r} gives none (the scripted expert "
+                "and chat APIs return text only): serve an LM teacher and set "
+                "config.loop.teacher='sglang' with config.loop.teacher_endpoints=URL[,URL...]")
+        if not [u for u in endpoints.split(",") if u]:
+            raise ValueError(f"recipe {self.name!r}: config.loop.teacher={teacher!r} needs "
+                             "config.loop.teacher_endpoints (comma-separated SGLang URLs)")
 
 
 RECIPES = {r.name: r for r in (

@@ -15,12 +15,13 @@ import dataclasses
 import logging
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dagger_jax.agent import ChatTokenizer
-from dagger_jax.data.shards import ShardWriter, existing_episode_ids
+from dagger_jax.data.records import EpisodeRecord
+from dagger_jax.data.shards import ShardWriter, existing_episode_ids, labelled_turns
 from dagger_jax.envs.sandbox.base import SandboxBackend
 from dagger_jax.envs.tasks.task import Task
 from dagger_jax.policies.actors import Actor
@@ -46,6 +47,10 @@ class CollectionJob:
     teacher_id: str = ""
     settings: EpisodeSettings = EpisodeSettings()
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # > 0: stop starting episodes once this many teacher-labelled turns are stored (recipes are
+    # compared at equal labels, and a student that errs makes DAgger episodes longer). Episodes
+    # already running finish, so the job may end a few episodes over the budget.
+    label_budget: int = 0
 
     def __post_init__(self) -> None:
         if not _JOB_ID.fullmatch(self.job_id):
@@ -53,6 +58,8 @@ class CollectionJob:
                              "(it names shards and episodes)")
         if self.episodes_per_task < 1:
             raise ValueError(f"job {self.job_id}: episodes_per_task must be >= 1")
+        if self.label_budget < 0:
+            raise ValueError(f"job {self.job_id}: label_budget must be >= 0, got {self.label_budget}")
         if len(set(self.task_ids)) != len(self.task_ids):
             raise ValueError(f"job {self.job_id}: task_ids has duplicates")
 
@@ -103,8 +110,12 @@ FAULT_REASONS = ("sandbox_error", "policy_error", "teacher_error")
 async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Actor | None,
                   teacher: Actor | None, chat: ChatTokenizer, backend: SandboxBackend,
                   concurrency: int = 4, records_per_shard: int = 16, progress: bool = False,
-                  stats: CollectorStats | None = None) -> CollectionReport:
-    """Runs every episode of the job not yet stored in job.out_dir and stores it."""
+                  stats: CollectorStats | None = None,
+                  on_record: Callable[[EpisodeRecord], None] | None = None) -> CollectionReport:
+    """Runs every episode of the job not yet stored in job.out_dir and stores it.
+
+    on_record, when given, is called with each record as soon as it is handed to the shard
+    writer (the eval tool appends a prediction line per finished episode with it)."""
     missing = [t for t in job.task_ids if t not in tasks]
     if missing:
         raise ValueError(f"job {job.job_id}: task ids not in the task set: {missing[:5]}")
@@ -118,13 +129,21 @@ async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Act
                             {**job.metadata, "job_id": job.job_id})
     slots = asyncio.Semaphore(concurrency)
     resolved, failed, written = 0, {}, 0
+    labelled = [labelled_turns(out_dir) if job.label_budget and done else 0]
 
     async def one(episode_id: str, task_id: str):
-        async with slots:
-            return await run_mixed_episode(
+        async with slots:  # FIFO: episodes start in the job's order
+            if job.label_budget and labelled[0] >= job.label_budget:
+                return None
+            record = await run_mixed_episode(
                 tasks[task_id], episode_id=episode_id, seed=episode_seed(job.seed, episode_id),
                 rule=job.rule, student=student, teacher=teacher, chat=chat, backend=backend,
                 settings=job.settings, provenance=provenance, stats=stats)
+            # Counted before the slot is freed: the episode that takes it sees these labels
+            # (counted where the record is written, one episode too many started at concurrency
+            # 1, and a restart, which counts the stored labels, could start fewer).
+            labelled[0] += sum(1 for turn in record.turns if turn.label_ids)
+            return record
 
     with ShardWriter(out_dir, job.job_id, records_per_shard) as writer, \
             _progress(progress, job.job_id, len(todo)) as (bar, bar_task):
@@ -132,7 +151,11 @@ async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Act
         try:
             for finished in asyncio.as_completed(pending):
                 record = await finished
+                if record is None:  # not started: the label budget was reached
+                    continue
                 written += writer.write(record)
+                if on_record is not None:
+                    on_record(record)
                 resolved += record.outcome.resolved
                 if record.outcome.end_reason in FAULT_REASONS:
                     failed[record.outcome.end_reason] = failed.get(record.outcome.end_reason, 0) + 1

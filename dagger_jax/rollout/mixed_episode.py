@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dagger_jax.agent import ChatTokenizer, format_error_observation, initial_messages, parse_action
+from dagger_jax.agent.prompts import PROMPT_STYLES
 from dagger_jax.data.records import EpisodeRecord, Outcome, TurnRecord
 from dagger_jax.envs.editor import StrReplaceEditor
 from dagger_jax.envs.grading import grade
@@ -40,8 +41,12 @@ class EpisodeSettings:
     max_new_tokens: int = 512      # the reply's share of the budget
     max_observation_chars: int = 8000
     grading_timeout_s: float = 600.0
+    prompt_style: str = "full"     # agent/prompts.py: full | compact
 
     def __post_init__(self) -> None:
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"EpisodeSettings.prompt_style {self.prompt_style!r}: choose from "
+                             f"{PROMPT_STYLES}")
         for name in ("max_turns", "context_budget", "max_new_tokens", "max_observation_chars"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"EpisodeSettings.{name} must be positive, got {getattr(self, name)}")
@@ -84,7 +89,8 @@ class _Episode:
         self.student, self.teacher, self.chat = student, teacher, chat
         self.settings, self.stats = settings, stats
         self.rng = random.Random(seed)
-        self.encoder = chat.conversation(initial_messages(task.problem_statement))
+        self.encoder = chat.conversation(
+            initial_messages(task.problem_statement, style=settings.prompt_style))
         self.turns: list[TurnRecord] = []
         self.timings = {"student_s": 0.0, "teacher_s": 0.0, "sandbox_s": 0.0, "grading_s": 0.0}
         self.end_reason, self.error = "turn_limit", None

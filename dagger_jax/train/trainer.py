@@ -19,8 +19,8 @@ from dagger_jax.models.sharding import batch_sharding, make_mesh
 from dagger_jax.train.checkpoint import Checkpointer
 from dagger_jax.train.metrics import MetricWriter
 from dagger_jax.train.optimizer import make_optimizer
-from dagger_jax.train.train_step import (BATCH_KEYS, TrainState, jit_init_state, jit_train_step,
-                                         make_train_step, state_shardings)
+from dagger_jax.train.train_step import (BATCH_KEYS, TrainState, batch_keys, jit_init_state,
+                                         jit_train_step, make_train_step, state_shardings)
 
 BatchFn = Callable[[int], dict[str, np.ndarray]]
 
@@ -30,15 +30,20 @@ def _with_shardings(abstract: Any, shardings: Any) -> Any:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def global_batch(mesh, batch: dict[str, np.ndarray], local: bool = False) -> dict[str, jax.Array]:
-    """Places a batch on the mesh. By default `batch` is the whole global batch (every process
-    holds it) and each process contributes its contiguous block of rows; with local=True it is
-    already this process's block (a pipeline that reads only its own part, such as the
-    trajectory pipeline), and the global batch has process_count times its rows."""
+def global_batch(mesh, batch: dict[str, np.ndarray], local: bool = False,
+                 keys: tuple[str, ...] = BATCH_KEYS) -> dict[str, jax.Array]:
+    """Places a batch's arrays `keys` on the mesh. By default `batch` is the whole global batch
+    (every process holds it) and each process contributes its contiguous block of rows; with
+    local=True it is already this process's block (a pipeline that reads only its own part,
+    such as the trajectory pipeline), and the global batch has process_count times its rows."""
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(f"the training batch lacks {missing} (it has {sorted(batch)}); the "
+                         f"train objective needs {list(keys)}")
     sharding = batch_sharding(mesh)
     count, index = jax.process_count(), jax.process_index()
     out = {}
-    for key in BATCH_KEYS:
+    for key in keys:
         rows = batch[key]
         if local:
             out[key] = jax.make_array_from_process_local_data(
@@ -69,9 +74,15 @@ class Trainer:
             lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.optimizer.init(p)), abstract_params)
         self.shardings = state_shardings(self.mesh, config.partition_rules, self.abstract_state)
         self.checkpointer = Checkpointer(layout.checkpoints_dir(self.workdir), config.train.keep_checkpoints)
+        # "" is the plain job's cross-entropy; the loop sets the recipe's weight (recipes/loop.py).
+        self.objective = config.train.objective or "one"
+        self.batch_keys = batch_keys(self.objective)
         step = make_train_step(self.model, self.optimizer, self.schedule,
-                               config.train.grad_accum, config.train.loss_chunk)
-        self._step = jit_train_step(step, self.mesh, self.shardings)
+                               config.train.grad_accum, config.train.loss_chunk,
+                               objective=self.objective, clip_eps=config.train.clip_eps,
+                               vocab_limit=config.train.vocab_limit)
+        self._step = jit_train_step(step, self.mesh, self.shardings, self.batch_keys)
+        self.last_metrics: dict[str, float] = {}  # the last logged step's, for callers to report
         self._init_state = jit_init_state(self.optimizer, self.shardings)
 
     def initial_state(self) -> TrainState:
@@ -108,12 +119,15 @@ class Trainer:
         columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
         tokens_since, time_since = 0, time.perf_counter()
+        if start < end:
+            logging.info("training steps %d..%d, objective %s", start, end, self.objective)
         with Progress(*columns, disable=jax.process_index() != 0 or not self.config.progress) as progress:
             task = progress.add_task("train", total=end, completed=start, info="")
             for step in range(start, end):
                 host_batch = batch_fn(step)
                 tokens_since += int(np.count_nonzero(host_batch["segment_ids"]))
-                state, metrics = self._step(state, global_batch(self.mesh, host_batch, local_batches))
+                state, metrics = self._step(state, global_batch(self.mesh, host_batch, local_batches,
+                                                                self.batch_keys))
                 done = step + 1
                 if done % c.log_every == 0 or done == end:
                     scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -121,6 +135,7 @@ class Trainer:
                     scalars["tokens_per_second"] = tokens_since / max(elapsed, 1e-9)
                     tokens_since, time_since = 0, time.perf_counter()
                     writer.write(done, scalars)
+                    self.last_metrics = {"step": done, **scalars}
                     info = (f"loss {scalars['loss']:.4f} acc {scalars['accuracy']:.3f} "
                             f"gnorm {scalars['grad_norm']:.3f} lr {scalars['lr']:.2e} "
                             f"{scalars['tokens_per_second']:.0f} tok/s")

@@ -51,3 +51,17 @@ def test_initial_messages() -> None:
     assert messages[0]["content"] == system_prompt() and messages[1]["content"] == task_prompt(
         "bug"
     )
+
+
+def test_compact_prompt_names_every_tool_and_the_call_format():
+    from dagger_jax.agent.prompts import initial_messages
+    from dagger_jax.agent.tools import DEFAULT_TOOLS
+    full = initial_messages("`f` in `pkg/a.py` is wrong.")
+    compact = initial_messages("`f` in `pkg/a.py` is wrong.", style="compact")
+    for tool in DEFAULT_TOOLS:
+        assert tool.name in compact[0]["content"]
+        assert all(p.name in compact[0]["content"] for p in tool.parameters)
+    assert "<function=" in compact[0]["content"] and "`pkg/a.py`" in compact[1]["content"]
+    assert len(compact[0]["content"]) * 4 < len(full[0]["content"])
+    with pytest.raises(ValueError, match="prompt style 'terse'"):
+        initial_messages("x", style="terse")

@@ -82,3 +82,19 @@ def test_task_paths_must_stay_inside_the_repo():
     good = generate_task(0, 0)
     with pytest.raises(ValueError, match="must be relative and inside the repo"):
         Task(**{**good.__dict__, "test_files": ("../outside.py",)})
+
+
+def test_template_and_bug_kind_knobs_narrow_the_family_and_stay_deterministic():
+    from dagger_jax.envs.tasks.function_templates import TEMPLATES
+    narrow = Difficulty(templates=4, bug_kinds=("compare", "arith"))
+    tasks = generate_tasks(40, 3, "train", narrow)
+    allowed = {name for t in TEMPLATES[:4] for name in t.names}
+    assert {t.metadata["target_function"] for t in tasks} <= allowed
+    assert {t.metadata["mutation"]["operator"] for t in tasks} <= {"compare", "arith"}
+    assert [t.gold_patch for t in tasks] == [t.gold_patch for t in generate_tasks(40, 3, "train", narrow)]
+    # The default family is untouched by the knobs' existence (task files stay the same).
+    assert generate_task(3, 0).repo_files == generate_task(3, 0, "train", Difficulty()).repo_files
+    with pytest.raises(ValueError, match="bug_kinds: unknown"):
+        Difficulty(bug_kinds=("typo",))
+    with pytest.raises(ValueError, match="templates=1 is fewer"):
+        Difficulty(templates=1, functions_per_file=2)

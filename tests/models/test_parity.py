@@ -112,3 +112,24 @@ def test_blocked_attention_equals_dense_with_packing(tmp_path, block):
     assert _rel_err(np.asarray(blocked[:, :13]), np.asarray(dense[:, :13])) < 1e-5
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                            dense_grads, blocked_grads)
+
+
+def test_export_removes_the_temp_dirs_of_dead_writers_only(tmp_path):
+    import subprocess
+    import sys
+    hf_dir = tmp_path / "hf"
+    make_hf_qwen3(hf_dir)
+    config, params = _load(hf_dir)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (dead.pid, live.pid):
+            (tmp_path / f"export.tmp-{pid}").mkdir()
+            (tmp_path / f"export.tmp-{pid}" / "model.safetensors").write_bytes(b"partial")
+        export_hf(params, config, tmp_path / "export")
+        assert not (tmp_path / f"export.tmp-{dead.pid}").exists()  # a killed run's leftover
+        assert (tmp_path / f"export.tmp-{live.pid}").exists()      # a running writer's
+        assert (tmp_path / "export" / "config.json").exists()
+    finally:
+        live.kill()

@@ -8,8 +8,10 @@ import pytest
 
 from dagger_jax.config_base import base_config
 from dagger_jax.envs.tasks.task import write_tasks
-from dagger_jax.recipes.loop import LoopState, load_tasks
-from dagger_jax.recipes.recipes import RECIPES, get_recipe
+from dagger_jax.data.examples import WEIGHTINGS
+from dagger_jax.recipes.loop import Loop, LoopState, load_tasks
+from dagger_jax.recipes.recipes import RECIPES, WEIGHTS, Recipe, get_recipe
+from dagger_jax.train.loss import OBJECTIVES
 from dagger_jax.recipes.schedules import make_schedule
 
 
@@ -46,10 +48,38 @@ def test_recipes_are_data_and_give_rollout_rules():
     assert get_recipe("grpo").rollout_rule(0.5).label == "none" and get_recipe("grpo").group_size > 1
     with pytest.raises(ValueError, match="recipe 'ppo' does not exist"):
         get_recipe("ppo")
-    for name in ("opd", "grpo"):  # their losses are not built yet: refused loudly, at config time
-        with pytest.raises(NotImplementedError, match="not implemented yet"):
-            get_recipe(name).check_implemented()
-    get_recipe("dagger").check_implemented()
+    with pytest.raises(ValueError, match=r"recipe bad: weight 'kl' not in"):
+        Recipe("bad", executor="student", label="logprobs", weight="kl")
+    with pytest.raises(ValueError, match=r"recipe bad: executor 'anyone' not in"):
+        Recipe("bad", executor="anyone", label="action", weight="one")
+    # Every weight is a train objective and a data weighting: all recipes are trainable.
+    assert set(WEIGHTS) == set(OBJECTIVES) == set(WEIGHTINGS) == {r.weight for r in RECIPES.values()}
+    assert get_recipe("rs_sft").success_filter and get_recipe("grpo").weight == "group_advantage"
+
+
+def loop_config(recipe: str, **loop):
+    config = base_config()
+    config.loop.update(dict(enabled=True, recipe=recipe, **loop))
+    return config
+
+
+def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
+    # Refused before anything is built (no model config, tokenizer or workdir needed).
+    with pytest.raises(ValueError, match="recipe 'opd' needs the teacher's log-probs.*"
+                                         "config.loop.teacher='expert'.*teacher='sglang'"):
+        Loop(loop_config("opd"), tmp_path, None, None)
+    with pytest.raises(ValueError, match="teacher='openai'.*gives none"):
+        Loop(loop_config("opd", teacher="openai", teacher_endpoints="http://x"), tmp_path, None, None)
+    with pytest.raises(ValueError, match="needs config.loop.teacher_endpoints"):
+        Loop(loop_config("opd", teacher="sglang"), tmp_path, None, None)
+    config = loop_config("grpo")
+    config.train.objective = "one"
+    with pytest.raises(ValueError, match="train.objective='one' contradicts recipe 'grpo'.*"
+                                         "'group_advantage'"):
+        Loop(config, tmp_path, None, None)
+    with pytest.raises(ValueError, match="recipe 'ppo' does not exist; choose from"):
+        Loop(loop_config("ppo"), tmp_path, None, None)
+    assert not any(tmp_path.iterdir())
 
 
 def test_overlapping_eval_tasks_are_refused(tmp_path):

@@ -145,3 +145,24 @@ def test_a_sandbox_fault_ends_only_its_episode(tmp_path, chat, docker_backend):
     assert "no-such-image" in records[ids[0]].outcome.error
     assert "died" in records[ids[1]].outcome.error
     assert records[ids[2]].outcome.end_reason == "turn_limit" and len(records[ids[2]].turns) == 2
+
+
+def test_label_budget_stops_starting_episodes_and_a_rerun_adds_none(tmp_path, chat, bwrap_backend):
+    """Teacher-only episodes of these tasks take 4 labelled turns each: a budget of 10 stops the
+    job after the episodes running when it is reached (concurrency 2: 3 or 4 of 16)."""
+    teacher = ExpertActor(ScriptedExpert())
+    budgeted = job(tmp_path, 1.0, label_budget=10)
+    report = asyncio.run(collect(budgeted, TASKS, student=None, teacher=teacher, chat=chat,
+                                 backend=bwrap_backend, concurrency=2))
+    records = list(EpisodeSource(tmp_path / "iter_000"))
+    labelled = sum(1 for r in records for t in r.turns if t.label_ids)
+    assert report.episodes_written == len(records) < 16
+    assert 10 <= labelled < 10 + 2 * 4 + 4, labelled  # over by at most the episodes in flight
+    # The episodes that did run are the first ones of the job's order.
+    order = [eid for eid, _ in budgeted.episode_ids()]
+    assert sorted(order.index(r.episode_id) for r in records) == list(range(len(records)))
+    again = asyncio.run(collect(budgeted, TASKS, student=None, teacher=teacher, chat=chat,
+                                backend=bwrap_backend, concurrency=2))
+    assert again.episodes_written == 0
+    with pytest.raises(ValueError, match="label_budget"):
+        job(tmp_path, 1.0, label_budget=-1)

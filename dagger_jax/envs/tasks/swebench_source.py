@@ -48,10 +48,13 @@ def task_from_instance(instance: Mapping[str, Any], split: str = "test", where: 
                   "base_commit": instance.get("base_commit")})
 
 
-def read_instances(source: str | Path, split: str = "test") -> Iterator[Task | BadTaskLine]:
-    """Tasks from a JSONL file of instances, or from a `datasets` name (needs the hub or its cache)."""
+def read_instance_pairs(source: str | Path, split: str = "test"
+                        ) -> Iterator[tuple[Task, dict[str, Any]] | BadTaskLine]:
+    """`read_instances`, each task with the harness-format instance it came from (what the
+    harness's own evaluation, `make_test_spec` and `run_instance`, takes)."""
     if Path(source).is_file():
-        yield from read_jsonl_tasks(source, lambda data, where: task_from_instance(data, split, where))
+        yield from read_jsonl_tasks(
+            source, lambda data, where: (task_from_instance(data, split, where), dict(data)))
         return
     try:
         import datasets
@@ -61,6 +64,12 @@ def read_instances(source: str | Path, split: str = "test") -> Iterator[Task | B
                                 f"(split {split!r}): {type(e).__name__}: {e}") from None
     for number, row in enumerate(rows, start=1):
         try:
-            yield task_from_instance(row, split, f"{source}[{number - 1}]")
+            yield task_from_instance(row, split, f"{source}[{number - 1}]"), dict(row)
         except (ValueError, KeyError, TypeError) as e:
             yield BadTaskLine(str(source), number, f"{source}[{number - 1}]: {e}")
+
+
+def read_instances(source: str | Path, split: str = "test") -> Iterator[Task | BadTaskLine]:
+    """Tasks from a JSONL file of instances, or from a `datasets` name (needs the hub or its cache)."""
+    for item in read_instance_pairs(source, split):
+        yield item if isinstance(item, BadTaskLine) else item[0]

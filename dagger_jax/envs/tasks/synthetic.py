@@ -17,7 +17,7 @@ import random
 from typing import Any
 
 from dagger_jax.envs.tasks.function_templates import TEMPLATES, FunctionTemplate
-from dagger_jax.envs.tasks.mutations import apply_mutation, candidate_mutations, normalise
+from dagger_jax.envs.tasks.mutations import OPERATORS, apply_mutation, candidate_mutations, normalise
 from dagger_jax.envs.tasks.task import Task
 
 PACKAGE_NAMES = ("ledger", "inventory", "metrics", "scheduler", "catalog", "geometry", "payroll",
@@ -35,9 +35,21 @@ class Difficulty:
     functions_per_file: int = 2
     distractors: int = 0          # extra functions built from the buggy function's template
     name_location: bool = True    # whether the problem statement names the file
+    templates: int = 0            # > 0: draw functions from the first N templates only
+    bug_kinds: tuple[str, ...] = ()  # mutation operators allowed (mutations.OPERATORS); () = all
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.templates <= len(TEMPLATES):
+            raise ValueError(f"Difficulty.templates={self.templates}: choose 0 (all) to {len(TEMPLATES)}")
+        if self.templates and self.templates < self.files * self.functions_per_file:
+            raise ValueError(f"Difficulty.templates={self.templates} is fewer than the "
+                             f"{self.files * self.functions_per_file} functions a task holds")
+        unknown = sorted(set(self.bug_kinds) - set(OPERATORS))
+        if unknown:
+            raise ValueError(f"Difficulty.bug_kinds: unknown {unknown}; choose from {OPERATORS}")
 
 
-def _rng(seed: int, split: str, index: int) -> random.Random:
+def _rng(seed: int, split: str, index: int | str) -> random.Random:
     digest = hashlib.sha256(f"synthetic/{split}/{seed}/{index}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
 
@@ -82,9 +94,10 @@ def _draw_cases(rng: random.Random, source: str, name: str, template: FunctionTe
     return out
 
 
-def _breaking_mutation(rng: random.Random, source: str, name: str, target_cases: list):
+def _breaking_mutation(rng: random.Random, source: str, name: str, target_cases: list,
+                       kinds: tuple[str, ...] = ()):
     """(mutation, buggy source, results, indices of broken cases) or None."""
-    mutations = list(candidate_mutations(source, name))
+    mutations = [m for m in candidate_mutations(source, name) if not kinds or m.operator in kinds]
     rng.shuffle(mutations)
     for mutation in mutations:
         buggy = apply_mutation(source, mutation)
@@ -95,17 +108,29 @@ def _breaking_mutation(rng: random.Random, source: str, name: str, target_cases:
     return None
 
 
-def _functions(rng: random.Random, count: int) -> list[tuple[str, FunctionTemplate, int]]:
-    templates = rng.sample(TEMPLATES, k=min(count, len(TEMPLATES)))
+def _functions(rng: random.Random, count: int, pool: int = 0) -> list[tuple[str, FunctionTemplate, int]]:
+    allowed = TEMPLATES[:pool] if pool else TEMPLATES
+    templates = rng.sample(allowed, k=min(count, len(allowed)))
     return [(rng.choice(t.names), t, rng.randint(2, 4)) for t in templates]
 
 
 def generate_task(seed: int, index: int, split: str = "train",
                   difficulty: Difficulty = Difficulty()) -> Task:
-    rng = _rng(seed, split, index)
+    # Restricted templates or bug kinds can leave a draw with no breaking mutation: draw again
+    # from a stream derived from the same (seed, split, index), so tasks stay deterministic.
+    for attempt in range(50):
+        task = _generate(seed, index, split, difficulty, attempt)
+        if task is not None:
+            return task
+    raise RuntimeError(f"no mutation breaks any function's tests (seed {seed}, index {index}, "
+                       f"{difficulty})")
+
+
+def _generate(seed: int, index: int, split: str, difficulty: Difficulty, attempt: int) -> Task | None:
+    rng = _rng(seed, split, index) if attempt == 0 else _rng(seed, split, f"{index}.{attempt}")
     package = f"{rng.choice(PACKAGE_NAMES)}_{rng.randint(10, 99)}"
     modules = rng.sample(MODULE_NAMES, k=difficulty.files)
-    chosen = _functions(rng, difficulty.files * difficulty.functions_per_file)
+    chosen = _functions(rng, difficulty.files * difficulty.functions_per_file, difficulty.templates)
     target_name, target_template, _ = chosen[0]
     for d in range(difficulty.distractors):  # same code shape, other names: harder to pinpoint
         chosen.append((f"{rng.choice(target_template.names)}_v{d + 2}", target_template, rng.randint(2, 4)))
@@ -131,13 +156,14 @@ def generate_task(seed: int, index: int, split: str = "train",
                                                     target_template, k, CASES_PER_FUNCTION,
                                                     avoid=cases[target_module])
             found = _breaking_mutation(rng, sources[target_module], target_name,
-                                       [c for c in cases[target_module] if c[0] == target_name])
+                                       [c for c in cases[target_module] if c[0] == target_name],
+                                       difficulty.bug_kinds)
             if found:
                 break
         if found:
             break
     if not found:
-        raise RuntimeError(f"no mutation breaks any function's tests (seed {seed}, index {index})")
+        return None
     mutation, buggy, results, broken = found
     target_cases = [c for c in cases[target_module] if c[0] == target_name]
 
@@ -173,7 +199,9 @@ def generate_task(seed: int, index: int, split: str = "train",
         split=split,
         repo_files=files,
         gold_patch=unified_diff(path, buggy, sources[target_module]),
-        metadata={"mutation": dataclasses.asdict(mutation), "difficulty": dataclasses.asdict(difficulty),
+        # JSON-shaped (lists, not tuples), so a task file round-trips.
+        metadata={"mutation": dataclasses.asdict(mutation),
+                  "difficulty": {**dataclasses.asdict(difficulty), "bug_kinds": list(difficulty.bug_kinds)},
                   "package": package, "target_function": target_name, "target_file": path},
     )
 

@@ -1,0 +1,120 @@
+"""The local demo: recipes trained at the same teacher-label budget, compared on held-out tasks.
+
+    python -m dagger_jax.demo --config=configs/local.py:dagger --workdir=W
+        [--recipes=sft,dagger] [--seeds=0,1,2] [--config.loop.label_budget=N ...]
+
+Each (recipe, seed) is one outer-loop run in `W/<recipe>-seed<N>` (resumable: the same command
+picks up where a killed run stopped). The seed sets the student's initialisation, the sampling
+and the training tasks; the held-out tasks are the same for every run, so the spread across
+seeds is the spread of training. Prints each run's table per iteration as it finishes, then the
+comparison, and writes `W/curves.png` and `W/summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from absl import app, flags
+
+from dagger_jax.log_filters import quiet_library_logs
+from dagger_jax.main import _CONFIG, _WORKDIR, initialize_distributed, run
+from dagger_jax.recipes.curves import draw_curves
+from dagger_jax.recipes.recipes import get_recipe
+
+# --config (the loop config every run shares; the recipe is set per run) and --workdir (the
+# demo's directory, one subdir per run) are the entry point's flags.
+_RECIPES = flags.DEFINE_list("recipes", ["sft", "dagger"], "Recipes to compare.")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds; each recipe runs once per seed.")
+
+
+def run_config(base: ml_collections.ConfigDict, recipe: str, seed: int) -> ml_collections.ConfigDict:
+    """The base config with this run's recipe and seed (the held-out tasks stay fixed)."""
+    get_recipe(recipe)  # an unknown name fails before anything runs
+    config = ml_collections.ConfigDict(base.to_dict())
+    config.loop.enabled = True
+    config.loop.recipe = recipe
+    config.seed = base.seed + seed
+    config.tasks.train_seed = base.tasks.train_seed + seed
+    config.lock()
+    return config
+
+
+def final_rates(histories: dict[tuple[str, int], list[dict]]) -> dict[str, list[float]]:
+    """recipe -> held-out resolve rate after the last iteration, one per seed."""
+    out: dict[str, list[float]] = {}
+    for (recipe, _), rows in sorted(histories.items()):
+        evaluated = [r for r in rows if "resolve_rate" in r]
+        if evaluated:
+            out.setdefault(recipe, []).append(evaluated[-1]["resolve_rate"])
+    return out
+
+
+def comparison(histories: dict[tuple[str, int], list[dict]]) -> dict[str, Any]:
+    """Mean, min, max per recipe and, for sft vs dagger, whether the gap exceeds the spread."""
+    rates = final_rates(histories)
+    summary: dict[str, Any] = {"final_resolve_rate": rates, "recipes": {}}
+    for recipe, values in rates.items():
+        summary["recipes"][recipe] = dict(mean=statistics.fmean(values), min=min(values),
+                                          max=max(values), seeds=len(values))
+    if "sft" in rates and "dagger" in rates:
+        spread = max(max(v) - min(v) for v in (rates["sft"], rates["dagger"]))
+        gap = summary["recipes"]["dagger"]["mean"] - summary["recipes"]["sft"]["mean"]
+        summary.update(dagger_minus_sft=gap, spread=spread, dagger_beats_sft_beyond_spread=gap > spread)
+    return summary
+
+
+def print_comparison(histories: dict[tuple[str, int], list[dict]], summary: dict[str, Any]) -> None:
+    columns = ("recipe", "seed", "iteration", "beta", "labelled_turns", "resolve_rate",
+               "submission_rate", "parse_error_rate", "mean_turns", "loop_rate",
+               "nll_student_states", "nll_teacher_states")
+    print("\n" + " ".join(f"{c:>14}" for c in columns))
+    for (recipe, seed), rows in sorted(histories.items()):
+        for row in rows:
+            values = {"recipe": recipe, "seed": seed, **row}
+            print(" ".join(f"{values[c]:>14.4g}" if isinstance(values.get(c), float)
+                           else f"{str(values.get(c, '-')):>14}" for c in columns))
+    print()
+    for recipe, stats in summary["recipes"].items():
+        rates = ", ".join(f"{r:.3f}" for r in summary["final_resolve_rate"][recipe])
+        print(f"{recipe:>8}: final held-out resolve rate per seed [{rates}]  mean {stats['mean']:.3f}  "
+              f"spread {stats['max'] - stats['min']:.3f}")
+    if "dagger_minus_sft" in summary:
+        verdict = "exceeds" if summary["dagger_beats_sft_beyond_spread"] else "does NOT exceed"
+        print(f"DAgger - SFT = {summary['dagger_minus_sft']:+.3f}, which {verdict} the spread across "
+              f"seeds ({summary['spread']:.3f})")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
+    base = _CONFIG.value
+    initialize_distributed(base)
+    workdir = Path(_WORKDIR.value)
+    seeds = [int(s) for s in _SEEDS.value]
+    configs = {(recipe, seed): run_config(base, recipe, seed) for seed in seeds for recipe in _RECIPES.value}
+    histories: dict[tuple[str, int], list[dict]] = {}
+    for (recipe, seed), config in configs.items():
+        run_dir = workdir / f"{recipe}-seed{seed}"
+        print(f"\n=== {recipe}, seed {seed}: {run_dir}", flush=True)
+        run(config, run_dir)
+        histories[(recipe, seed)] = json.loads((run_dir / "state.json").read_text())["history"]
+    if jax.process_index() != 0:
+        return
+    summary = comparison(histories)
+    print_comparison(histories, summary)
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    runs = [(f"{recipe} seed {seed}", [r for r in rows if "resolve_rate" in r])
+            for (recipe, seed), rows in sorted(histories.items())]
+    runs = [(label, rows) for label, rows in runs if rows]
+    if runs:
+        print(f"wrote {draw_curves(runs, workdir / 'curves.png', x='labelled_turns')}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,55 @@
+"""Resolve rate and the covariate-shift measure per iteration, several runs side by side.
+
+Left: held-out resolve rate. Right: the student's NLL of teacher labels on the states it visits
+itself (solid) and on the teacher's states (dashed); their gap is the covariate shift.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a training host
+import matplotlib.pyplot as plt  # noqa: E402
+
+X_AXES = ("iteration", "labelled_turns")
+
+
+def evaluated_history(workdir: Path) -> list[dict]:
+    """The evaluated iterations of a loop workdir's state.json; ValueError when there are none."""
+    path = Path(workdir) / "state.json"
+    if not path.is_file():
+        raise ValueError(f"{workdir} has no state.json (not a loop workdir, or not started)")
+    rows = [r for r in json.loads(path.read_text()).get("history", []) if "resolve_rate" in r]
+    if not rows:
+        raise ValueError(f"{path} has no evaluated iteration yet")
+    return rows
+
+
+def draw_curves(runs: Sequence[tuple[str, list[dict]]], out: Path, x: str = "iteration") -> Path:
+    """Draws (label, history rows) runs into the PNG `out`."""
+    if x not in X_AXES:
+        raise ValueError(f"x axis {x!r}: choose from {X_AXES}")
+    fig, (resolve, shift) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, rows in runs:
+        xs = [r.get(x, i + 1) for i, r in enumerate(rows)]
+        line, = resolve.plot(xs, [r["resolve_rate"] for r in rows], marker="o", label=label)
+        for key, style in (("nll_student_states", "-"), ("nll_teacher_states", "--")):
+            points = [(px, r[key]) for px, r in zip(xs, rows) if r.get(key) is not None]
+            if points:
+                shift.plot(*zip(*points), style, marker=".", color=line.get_color(),
+                           label=f"{label}: {'own' if 'student' in key else 'teacher'} states")
+    resolve.set(title="held-out resolve rate", xlabel=x.replace("_", " "), ylim=(-0.02, 1.02))
+    shift.set(title="student NLL of teacher labels", xlabel=x.replace("_", " "), ylabel="nats / token")
+    for axis in (resolve, shift):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

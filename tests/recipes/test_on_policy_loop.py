@@ -1,0 +1,125 @@
+"""The loop as a user runs it (`python -m dagger_jax.main --config=configs/local.py:<recipe>`) for
+the on-policy recipes, one tiny iteration each, with real parts only: synthetic tasks in
+bubblewrap, the student sampled in-process, and for OPD an LM teacher (a tiny random Qwen3 in
+the student's tokenizer) behind the stand-in SGLang server, scoring the student's tokens."""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from dagger_jax.data.sample_corpus import sample_texts
+from dagger_jax.data.shards import EpisodeSource, iteration_dir
+from dagger_jax.models.config import Qwen3Config
+from dagger_jax.models.hf_export import export_hf
+from dagger_jax.models.qwen3 import init_params
+from dagger_jax.tokenizer import train_bpe_tokenizer
+from tests.envs.sandbox.conftest import bwrap_backend, sandbox_deps  # noqa: F401
+from tests.test_main import env
+
+ROOT = Path(__file__).resolve().parents[2]
+# configs/local.py:<recipe> made tiny: a 2-layer student with dense attention (compiles faster
+# than blocked), 1 task, 2 turns of 12 tokens, one epoch of one-row batches, no evaluation
+# (these tests are about collection and training).
+OVERRIDES = [
+    "--config.model.hidden_size=32", "--config.model.intermediate_size=64",
+    "--config.model.num_hidden_layers=2", "--config.model.num_attention_heads=2",
+    "--config.model.num_key_value_heads=1", "--config.model.head_dim=16",
+    "--config.loop.iterations=1", "--config.loop.tasks_per_iteration=1",
+    "--config.loop.max_turns=2", "--config.loop.max_new_tokens=12", "--config.loop.epochs=1",
+    "--config.loop.concurrency=4", "--config.loop.temperature=1.0", "--config.loop.top_p=1.0",
+    "--config.train.seq_len=2048", "--config.train.batch_size=1", "--config.train.log_every=1",
+    "--config.train.loss_chunk=128", "--config.eval.enabled=False", "--config.progress=False",
+    "--config.attention_block=0",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return train_bpe_tokenizer(sample_texts(200, seed=0), 512, tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def teacher_url(tmp_path_factory, tokenizer_dir):
+    """A tiny random LM in the student's tokenizer, served by tools/serve_local.py."""
+    root = tmp_path_factory.mktemp("teacher")
+    config = Qwen3Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         max_position_embeddings=4096, tie_word_embeddings=True)
+    model = export_hf(init_params(config, jax.random.key(1)), config, root / "hf",
+                      tokenizer_dir=tokenizer_dir)
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "serve_local.py"), "--model",
+                             str(model), "--port", "0", "--max-batch", "4"],
+                            stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env())
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 240)
+        url = proc.stdout.readline().strip() if ready else ""
+        if not url.startswith("http://"):
+            proc.kill()
+            pytest.fail(f"teacher server did not start: {(root / 'server.log').read_text()[-3000:]}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def run_loop(recipe: str, workdir: Path, tokenizer_dir: Path, *extra: str):
+    command = [sys.executable, "-m", "dagger_jax.main", f"--config=configs/local.py:{recipe}",
+               f"--workdir={workdir}", f"--config.tokenizer.dir={tokenizer_dir}", *OVERRIDES, *extra]
+    return subprocess.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+
+
+def trained(stderr: str) -> tuple[str, dict]:
+    """The objective and last train metrics the loop reported for iteration 1."""
+    match = re.search(r"iteration 1: trained with objective (\w+): (\{.*\})", stderr)
+    assert match, stderr[-4000:]
+    return match.group(1), json.loads(match.group(2))
+
+
+def test_opd_iteration_trains_reverse_kl_on_teacher_scored_student_tokens(
+        tmp_path, tokenizer_dir, teacher_url, bwrap_backend):  # noqa: F811
+    done = run_loop("opd", tmp_path / "w", tokenizer_dir, "--config.loop.teacher=sglang",
+                    f"--config.loop.teacher_endpoints={teacher_url}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    objective, metrics = trained(done.stderr)
+    assert objective == "reverse_kl"
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert metrics["target_tokens"] > 0 and "reverse_kl" in metrics
+    # What it trained on: student turns only, every one scored by the teacher token by token.
+    records = list(EpisodeSource(iteration_dir(tmp_path / "w", 1)))
+    turns = [t for r in records for t in r.turns]
+    assert len(records) == 1 and turns and all(t.executor == "student" for t in turns)
+    assert all(len(t.teacher_logprobs) == t.num_executed for t in turns)
+    assert (tmp_path / "w" / "exports" / "iter_001" / "config.json").exists()
+
+
+def test_grpo_iteration_trains_the_clipped_group_objective(
+        tmp_path, tokenizer_dir, bwrap_backend):  # noqa: F811
+    done = run_loop("grpo", tmp_path / "w", tokenizer_dir)
+    assert done.returncode == 0, done.stderr[-4000:]
+    objective, metrics = trained(done.stderr)
+    assert objective == "group_advantage"
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert metrics["target_tokens"] > 0 and {"ratio", "clip_fraction"} <= set(metrics)
+    # An untrained student resolves nothing: one group of equal rewards, advantage 0, so the
+    # weights never move and the trainer's log-probs of the sampled tokens must be the
+    # sampler's (ratio 1; it would be about 512 / 1024 if the trainer normalised over the
+    # padded ids the sampler never samples).
+    assert metrics["grad_norm"] == 0.0 and abs(metrics["ratio"] - 1.0) < 1e-3, metrics
+    records = list(EpisodeSource(iteration_dir(tmp_path / "w", 1)))
+    assert len(records) == 4  # group_size episodes of the task
+    assert all(t.executor == "student" and t.sample_logprobs for r in records for t in r.turns)
+
