@@ -24,16 +24,16 @@ def get_config(arg: str | None = None):
         # The demo (python -m dagger_jax.demo): tuned for 2 CPU cores; the knobs and what they
         # cost are in the README. Short rows: attention on CPU costs ~T per token, and a
         # compact-prompt expert episode (~1,200 tokens) fits one.
-        c.train.update(dict(seq_len=2048, batch_size=4, lr=1e-3, schedule="constant",
-                            warmup_steps=10, checkpoint_every=50))
+        c.train.update(dict(seq_len=2048, batch_size=2, lr=1.5e-3, schedule="constant",
+                            warmup_steps=5, checkpoint_every=50))
         c.model.max_position_embeddings = 4096
         c.attention_block = 512  # causal blocks are unrolled: 4 compile in a minute, 32 in many
         # Every recipe gets the same number of teacher-labelled turns per iteration.
-        c.loop.update(dict(iterations=3, label_budget=120, tasks_per_iteration=64, epochs=2,
-                           max_turns=8, max_new_tokens=160, context_budget=2048,
+        c.loop.update(dict(iterations=3, label_budget=100, tasks_per_iteration=64, epochs=2,
+                           max_turns=8, max_new_tokens=128, context_budget=2048, concurrency=6,
                            prompt_style="compact"))
         # A narrow task family a from-scratch student can learn on CPU: 2 functions per file
         # from the first 4 templates, operator bugs only.
         c.tasks.update(dict(templates=4, bug_kinds="compare,arith"))
-        c.eval.update(dict(num_tasks=16, max_turns=8, shift_states=16))
+        c.eval.update(dict(num_tasks=12, max_turns=6, shift_states=16))
     return lock(c)

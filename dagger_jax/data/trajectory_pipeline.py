@@ -232,7 +232,10 @@ class TrajectoryPipeline:
         episodes, numbers, lengths = [], [], []
         stats = ExampleStats()
         self.episodes_filtered = 0
-        for key in range(len(self.source)):
+        # By episode id, not manifest order: concurrent collectors list episodes in the order
+        # they finish, and two runs of the same job must still train on the same batches.
+        ids = self.source.episode_ids()
+        for key in sorted(range(len(self.source)), key=ids.__getitem__):
             if self.success_filter and not self.source.outcome(key)[1]:
                 self.episodes_filtered += 1
                 continue
@@ -260,11 +263,11 @@ class TrajectoryPipeline:
     def _fingerprint(self) -> str:
         """Identifies the data and the settings that decide every batch's contents.
 
-        The episodes (in order) and their examples' lengths, not file paths: a workdir that
+        The episodes (by id) and their examples' lengths, not file paths: a workdir that
         is moved or re-sharded with the same episodes keeps its batches, and its state.
         """
         h = hashlib.sha256()
-        h.update("\n".join(self.source.episode_ids()).encode())
+        h.update("\n".join(sorted(self.source.episode_ids())).encode())
         h.update(self._index.length.tobytes() + self._index.number.tobytes())
         h.update(
             f"{self.seq_len}|{self.batch_size}|{self.seed}|{self.max_len}|{self.open_bins}|"

@@ -274,8 +274,12 @@ def _controls(requests: Sequence[Request], batch: int, stop_width: int) -> tuple
 
 
 def generate(params: Any, config: Qwen3Config, requests: Sequence[Request], *,
-             stop_check: StopCheck | None = None, chunk_steps: int = 64) -> list[Completion]:
-    """Decodes all requests as one batch; returns one Completion per request, in order."""
+             stop_check: StopCheck | None = None, chunk_steps: int = 64,
+             min_batch: int = 1) -> list[Completion]:
+    """Decodes all requests as one batch; returns one Completion per request, in order.
+
+    min_batch pads the batch to at least that many rows: a server whose batches vary in size
+    compiles one batch shape instead of one per power of two (each a few seconds on CPU)."""
     if not requests:
         return []
     if chunk_steps < 1:
@@ -285,7 +289,7 @@ def generate(params: Any, config: Qwen3Config, requests: Sequence[Request], *,
         if bad:
             raise ValueError(f"requests[{i}].prompt: token id {bad[0]} is outside the vocabulary "
                              f"[0, {config.vocab_size})")
-    batch = bucket(len(requests))
+    batch = bucket(max(len(requests), min_batch))
     tokens, controls = _controls(requests, batch, bucket(max(len(r.stop_token_ids) for r in requests), 4))
     cache_len = max(tokens.shape[1], bucket(max(len(r.prompt) + r.max_new_tokens for r in requests),
                                             MIN_SEQ_BUCKET))

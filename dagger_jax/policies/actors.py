@@ -31,6 +31,9 @@ class TurnState:
     prompt_ids: tuple[int, ...]
     sandbox: Sandbox | None
     session: str                       # the episode: sticky routing key
+    # The turn's sampling seed (from the episode's seed and the turn index): a rerun of a
+    # killed episode samples the same tokens. None: the generator picks one.
+    seed: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +68,10 @@ class TokenActor:
         self.name, self.generator, self.chat, self.params = name, generator, chat, params
 
     async def act(self, state: TurnState) -> Action:
-        out = await self.generator.generate(state.prompt_ids, self.params, session=state.session)
+        params = self.params
+        if params.seed is None and state.seed is not None:
+            params = dataclasses.replace(params, seed=state.seed)
+        out = await self.generator.generate(state.prompt_ids, params, session=state.session)
         content = out.output_ids[:-1] if out.output_ids[-1:] == (self.chat.end_of_turn_id,) else out.output_ids
         return Action(text=self.chat.decode(content), token_ids=out.output_ids,
                       logprobs=out.logprobs, finish_reason=out.finish_reason,

@@ -312,8 +312,10 @@ class LocalSampler:
         requests = [request for request, _ in payloads]
         stops = [tuple(stop) for _, stop in payloads]
         check = self._stop_check(stops) if any(stops) else None
+        # Always max_batch rows: concurrent episodes come and go, and every other batch size
+        # would be another compile.
         return sampling.generate(model.params, model.config, requests, stop_check=check,
-                                 chunk_steps=self.chunk_steps)
+                                 chunk_steps=self.chunk_steps, min_batch=self.max_batch)
 
     def _run_score(self, model: _Model, payloads: list) -> list[tuple[float, ...]]:
         sequences = [list(ids) + list(targets) for ids, targets in payloads]

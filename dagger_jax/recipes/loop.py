@@ -10,6 +10,10 @@ phase is idempotent, so a killed run resumes with the same command:
   exactly the batches it would have seen;
 - export: written to a temp dir and renamed; redone if missing;
 - evaluate: its episodes are collected the same resumable way.
+
+Training collection runs in this process, or, with `config.loop.rollout_service` set, as a job
+of the rollout service (rollout/service.py; same job id, episodes and out_dir, so resuming works
+the same). Evaluation always runs in this process.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +36,14 @@ from dagger_jax.data.shards import EpisodeSource, iteration_dir, labelled_turns
 from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline
 from dagger_jax.envs.sandbox import make_backend
 from dagger_jax.envs.tasks.synthetic import Difficulty, generate_tasks
-from dagger_jax.envs.tasks.task import BadTaskLine, Task, read_tasks
+from dagger_jax.envs.tasks.task import BadTaskLine, Task, read_tasks, write_tasks
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import export_hf
-from dagger_jax.policies.actors import ExpertActor, TokenActor
+from dagger_jax.policies.actors import TokenActor
 from dagger_jax.policies.endpoint_pool import EndpointPool
 from dagger_jax.policies.generation import SamplingParams
 from dagger_jax.policies.local_sampler import LocalSampler
-from dagger_jax.policies.scripted_expert import ScriptedExpert
+from dagger_jax.policies.sglang_client import SGLangClient
 from dagger_jax.recipes.recipes import Recipe, get_recipe
 from dagger_jax.recipes.schedules import make_schedule
 from dagger_jax.rollout.actor_specs import build_actor
@@ -46,6 +51,8 @@ from dagger_jax.rollout.collector import CollectionJob, collect
 from dagger_jax.rollout.evaluation import covariate_shift, episode_metrics
 from dagger_jax.rollout.mixed_episode import EpisodeSettings
 from dagger_jax.rollout.mixing import RolloutRule
+from dagger_jax.rollout.service import ServiceJob
+from dagger_jax.rollout.service_client import RolloutServiceClient
 from dagger_jax.train.metrics import MetricWriter
 from dagger_jax.train.trainer import Trainer
 
@@ -114,6 +121,48 @@ def _read(path: str, key: str) -> list[Task]:
     return [i for i in items if isinstance(i, Task)]
 
 
+def endpoint_urls(value: str) -> list[str]:
+    """A comma-separated URL list of the config (empty items dropped)."""
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
+def needs_student(rule: RolloutRule) -> bool:
+    """Whether the student acts in episodes collected under `rule`."""
+    return rule.beta < 1.0 or rule.student_prefix is not None
+
+
+def teacher_spec(loop: Any) -> dict[str, Any]:
+    """The teacher as an actor spec (rollout/actor_specs.py), for in-process and service
+    collection alike."""
+    if loop.teacher == "expert":
+        return {"kind": "expert"}
+    spec: dict[str, Any] = {"kind": loop.teacher,
+                            "sampling": {"temperature": loop.temperature, "top_p": loop.top_p,
+                                         "max_new_tokens": loop.max_new_tokens}}
+    if loop.teacher == "sglang":
+        spec["endpoints"] = endpoint_urls(loop.teacher_endpoints)
+    else:
+        spec.update(base_url=loop.teacher_endpoints, model=loop.teacher_model)
+    return spec
+
+
+def student_spec(loop: Any, sampling: SamplingParams) -> dict[str, Any] | None:
+    """The served student (config.loop.student_endpoints) as an actor spec; None when the
+    student is the in-process JAX sampler, which has no spec (it lives in this process)."""
+    urls = endpoint_urls(loop.student_endpoints)
+    if not urls:
+        return None
+    return {"kind": "sglang", "endpoints": urls, "sampling": sampling.to_sglang()}
+
+
+async def _close_actor(actor: Any) -> None:
+    if actor is None:
+        return
+    close = getattr(actor, "aclose", None) or getattr(getattr(actor, "generator", None), "aclose", None)
+    if close is not None:
+        await close()
+
+
 class Loop:
     def __init__(self, config: Any, workdir: Path, model_config: Qwen3Config, tokenizer_dir: Path):
         # A copy: what the loop fills in below (the recipe's objective) is not the caller's.
@@ -136,10 +185,22 @@ class Loop:
         self.schedule = make_schedule(loop.schedule, json.loads(loop.schedule_params or "{}"))
         for i in range(1, loop.iterations + 1):  # every beta is checked before anything runs
             self.schedule(i)
-        if loop.rollout_service:
-            raise NotImplementedError("config.loop.rollout_service: the loop collects in-process "
-                                      "only so far (the service runs standalone: "
-                                      "python -m dagger_jax.rollout.service)")
+        if loop.rollout_service and not endpoint_urls(loop.student_endpoints):
+            # The service runs in its own process: it cannot use this process's JAX sampler, so
+            # a student that acts in collection must be served (SGLang / tools/serve_local.py).
+            acting = [i for i in range(1, loop.iterations + 1) if needs_student(self._rule(i))]
+            if acting:
+                rule = self._rule(acting[0])
+                raise ValueError(
+                    f"config.loop.rollout_service={loop.rollout_service!r} is set but "
+                    f"config.loop.student_endpoints is empty, and recipe {self.recipe.name!r} has "
+                    f"the student act in collection (iteration {acting[0]}: beta={rule.beta}, "
+                    f"student_prefix={rule.student_prefix}): the rollout service cannot use the "
+                    "loop's in-process JAX sampler. Serve the student (launch/sglang_fleet.sh, or "
+                    "tools/serve_local.py --model <workdir>/exports/iter_000) and set "
+                    "config.loop.student_endpoints=URL[,URL...], or leave "
+                    "config.loop.rollout_service empty to collect in-process")
+        self._tasks_path: Path | None = None
         self.train_tasks, self.heldout_tasks = load_tasks(config)
         self.chat = ChatTokenizer.from_path(tokenizer_dir)
         self.backend = make_backend(loop.sandbox)
@@ -153,25 +214,20 @@ class Loop:
         return self.workdir / "exports" / f"iter_{iteration:03d}"
 
     def _teacher(self):
-        loop = self.config.loop
-        if loop.teacher == "expert":
-            return ExpertActor(ScriptedExpert())
-        spec = {"kind": loop.teacher, "sampling": {"temperature": loop.temperature,
-                                                    "top_p": loop.top_p,
-                                                    "max_new_tokens": loop.max_new_tokens}}
-        if loop.teacher == "sglang":
-            spec["endpoints"] = [u for u in loop.teacher_endpoints.split(",") if u]
-        else:
-            spec.update(base_url=loop.teacher_endpoints, model=loop.teacher_model)
-        return build_actor(spec, self.chat, "teacher")
+        return build_actor(teacher_spec(self.config.loop), self.chat, "teacher")
 
-    def _student_generator(self, export: Path):
-        urls = [u for u in self.config.loop.student_endpoints.split(",") if u]
-        if urls:
-            return EndpointPool.from_urls(urls, vocab_size=len(self.chat.tokenizer))
-        return LocalSampler.from_hf_dir(export, tokenizer=None, max_batch=self.config.loop.concurrency,
-                                        weight_version=self.state.weight_version,
-                                        vocab_limit=len(self.chat.tokenizer))
+    def _student(self, greedy: bool) -> TokenActor:
+        """The student actor: the served student (the same spec a service job carries), else
+        the in-process JAX sampler on the latest export. Built inside the event loop."""
+        sampling = self._sampling(greedy)
+        spec = student_spec(self.config.loop, sampling)
+        if spec is not None:
+            return build_actor(spec, self.chat, "student")
+        sampler = LocalSampler.from_hf_dir(self._export_path(self._latest_export()), tokenizer=None,
+                                           max_batch=self.config.loop.concurrency,
+                                           weight_version=self.state.weight_version,
+                                           vocab_limit=len(self.chat.tokenizer))
+        return TokenActor("student", sampler, self.chat, sampling)
 
     def _settings(self, max_turns: int) -> EpisodeSettings:
         loop = self.config.loop
@@ -184,6 +240,11 @@ class Loop:
             return SamplingParams(temperature=0.0, max_new_tokens=loop.max_new_tokens)
         return SamplingParams(temperature=loop.temperature, top_p=loop.top_p,
                               max_new_tokens=loop.max_new_tokens)
+
+    def _rule(self, iteration: int) -> RolloutRule:
+        loop = self.config.loop
+        return self.recipe.rollout_rule(self.beta(iteration),
+                                        loop.prefix_start + loop.prefix_step * (iteration - 1))
 
     def _tasks_of(self, iteration: int) -> list[Task]:
         """This iteration's training tasks: a window that walks through the task set."""
@@ -234,8 +295,7 @@ class Loop:
 
     def _collect(self, i: int) -> None:
         loop = self.config.loop
-        beta = self.beta(i)
-        rule = self.recipe.rollout_rule(beta, loop.prefix_start + loop.prefix_step * (i - 1))
+        rule = self._rule(i)
         tasks = self._tasks_of(i)
         job = CollectionJob(
             job_id=f"iter{i:03d}", iteration=i, rule=rule,
@@ -244,26 +304,122 @@ class Loop:
             student_version=self.state.weight_version, teacher_id=loop.teacher,
             settings=self._settings(loop.max_turns), metadata={"recipe": self.recipe.name},
             label_budget=loop.label_budget)
-        report = self._run_collection(job, {t.instance_id: t for t in tasks}, greedy=False,
-                                      needs_student=rule.beta < 1.0 or rule.student_prefix is not None)
-        log.info("iteration %d: collected %s", i, json.dumps(report.to_json()["stats"]))
+        if loop.rollout_service:  # training collection only: evaluation stays in-process
+            report = self._run_service_collection(job, needs_student(rule))
+        else:
+            report = self._run_collection(job, {t.instance_id: t for t in tasks}, greedy=False,
+                                          needs_student=needs_student(rule)).to_json()
+        log.info("iteration %d: collected %s", i, json.dumps(report["stats"]))
 
     def _run_collection(self, job: CollectionJob, tasks: dict[str, Task], greedy: bool,
                         needs_student: bool, teacher: bool = True):
+        """Collects the job in this process."""
         async def go():
-            generator = self._student_generator(self._export_path(self._latest_export())) \
-                if needs_student else None
-            student = TokenActor("student", generator, self.chat, self._sampling(greedy)) \
-                if generator is not None else None
+            if needs_student:
+                await self._sync_fleet()
+            student = self._student(greedy) if needs_student else None
+            teacher_actor = self._teacher() if teacher else None
             try:
-                return await collect(job, tasks, student=student, teacher=self._teacher() if teacher else None,
+                return await collect(job, tasks, student=student, teacher=teacher_actor,
                                      chat=self.chat, backend=self.backend,
                                      concurrency=self.config.loop.concurrency,
                                      progress=self.config.progress and jax.process_index() == 0)
             finally:
-                if generator is not None:
-                    await generator.aclose()
+                await _close_actor(student)
+                await _close_actor(teacher_actor)
         return asyncio.run(go())
+
+    def _run_service_collection(self, job: CollectionJob, student_acts: bool) -> dict[str, Any]:
+        """Collects the job as a rollout-service job; returns its report (JSON).
+
+        The service reads the task file and the tokenizer and writes the shards to job.out_dir:
+        all three must be at the same paths on its machine (shared storage), hence absolute.
+        The job is a function of the iteration and state.json, so a restarted loop submits an
+        equal job, which the service answers with its status (same id) or resumes from the
+        shards already listed (a restarted service).
+        """
+        loop = self.config.loop
+        student = student_spec(loop, self._sampling(False)) if student_acts else None
+        if student_acts and student is None:  # refused in __init__; kept as a guard
+            raise ValueError("service collection needs config.loop.student_endpoints")
+        spec = ServiceJob(job=dataclasses.replace(job, out_dir=str(Path(job.out_dir).resolve())),
+                          tasks_path=str(self._task_file()),
+                          tokenizer_path=str(Path(self.tokenizer_dir).resolve()),
+                          sandbox=loop.sandbox, student=student, teacher=teacher_spec(loop),
+                          concurrency=loop.concurrency)
+        client = RolloutServiceClient(loop.rollout_service)
+        last_log = [0.0]
+
+        def on_status(status: dict[str, Any]) -> None:
+            now = time.monotonic()
+            if now - last_log[0] >= 30.0:
+                last_log[0] = now
+                log.info("rollout job %s: %s %s", job.job_id, status["state"],
+                         json.dumps(status.get("stats", {})))
+
+        async def go():
+            if student_acts:
+                await self._sync_fleet()
+            log.info("submitting rollout job %s to the rollout service %s", job.job_id,
+                     loop.rollout_service)
+            return await client.run(spec, on_status=on_status)
+        report = asyncio.run(go())
+        log.info("rollout job %s done at %s: %d episodes written, %d already stored",
+                 job.job_id, loop.rollout_service, report["episodes_written"],
+                 report["episodes_skipped"])
+        return report
+
+    def _task_file(self) -> Path:
+        """The training tasks as a task file in the workdir (for the rollout service), written
+        once: an existing file with the same content is reused, a different one replaced."""
+        if self._tasks_path is not None:
+            return self._tasks_path
+        path = (self.workdir / "tasks" / "train.jsonl").resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A name of this process's own (write_tasks writes it atomically), then compared with
+        # and renamed over the file: every process of a multi-host run may do this at once.
+        tmp = path.with_name(f"{path.name}.{jax.process_index()}.{os.getpid()}")
+        write_tasks(self.train_tasks, tmp)
+        if path.exists() and path.read_bytes() == tmp.read_bytes():
+            tmp.unlink()
+        else:
+            if path.exists():
+                log.warning("%s holds other tasks than this run's training tasks: replaced", path)
+            os.replace(tmp, path)
+        self._tasks_path = path
+        return path
+
+    async def _sync_fleet(self) -> None:
+        """Makes every student endpoint serve the latest export before it is sampled from.
+
+        _export loads each new export on the fleet, but nothing loads the initial one: a fleet
+        started on another model (or restarted since) would act for iteration 1 (or later)
+        with the wrong weights. So, before any collection that samples the served student,
+        each endpoint's /get_model_info weight_version is compared with state.weight_version;
+        those that differ (or do not answer) are told to load the latest export
+        (update_weights_from_disk: idempotent, and a refusal stops the run, resumable here).
+        """
+        urls = endpoint_urls(self.config.loop.student_endpoints)
+        if not urls:
+            return
+        version = self.state.weight_version
+        path = str(self._export_path(self._latest_export()).resolve())
+        clients = [SGLangClient(u) for u in urls]
+        try:
+            infos = await asyncio.gather(*(c.model_info() for c in clients), return_exceptions=True)
+        finally:
+            for c in clients:
+                await c.aclose()
+        stale = [u for u, info in zip(urls, infos)
+                 if isinstance(info, BaseException) or str(info.get("weight_version")) != version]
+        if not stale:
+            return
+        log.info("student endpoints %s do not serve version %s: loading %s", stale, version, path)
+        pool = EndpointPool.from_urls(stale)
+        try:
+            await pool.update_weights_from_disk(path, version)
+        finally:
+            await pool.aclose()
 
     def _latest_export(self) -> int:
         done = [i for i in range(self.state.iteration, -1, -1) if self._export_path(i).exists()]
@@ -296,12 +452,14 @@ class Loop:
         state = self.trainer.initial_state()
         export_hf(state.params, self.model_config, self._export_path(i), tokenizer_dir=self.tokenizer_dir)
         self.state.weight_version = f"iter{i:03d}-step{int(state.step)}"
-        urls = [u for u in self.config.loop.student_endpoints.split(",") if u]
+        urls = endpoint_urls(self.config.loop.student_endpoints)
         if urls:  # the fleet loads the new student; a refusal stops the run (resumable here)
             async def reload():
                 pool = EndpointPool.from_urls(urls)
                 try:
-                    await pool.update_weights_from_disk(str(self._export_path(i)), self.state.weight_version)
+                    # Absolute: the servers resolve the path in their own working directory.
+                    await pool.update_weights_from_disk(str(self._export_path(i).resolve()),
+                                                        self.state.weight_version)
                 finally:
                     await pool.aclose()
             asyncio.run(reload())
@@ -311,6 +469,8 @@ class Loop:
         if not e.enabled:
             self.state.history.append({"iteration": i, "beta": self.beta(i)})
             return
+        # In this process even with config.loop.rollout_service set: only training collection
+        # goes through the service (the student still acts through student_endpoints if set).
         tasks = {t.instance_id: t for t in self.heldout_tasks[:e.num_tasks]}
         settings = self._settings(e.max_turns)
         student_job = CollectionJob(

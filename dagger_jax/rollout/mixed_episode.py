@@ -60,6 +60,13 @@ class Provenance:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def turn_seed(episode_seed_: int, turn: int) -> int:
+    """The sampling seed of one turn: derived, not drawn from the episode's generator, so the
+    executor coins stay what they were."""
+    digest = hashlib.sha256(f"{episode_seed_}:turn:{turn}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 def episode_seed(job_seed: int, episode_id: str) -> int:
     """A per-episode seed from the job's seed and the episode's id: stable across restarts."""
     digest = hashlib.sha256(f"{job_seed}:{episode_id}".encode()).digest()
@@ -88,7 +95,7 @@ class _Episode:
         self.task, self.episode_id, self.rule = task, episode_id, rule
         self.student, self.teacher, self.chat = student, teacher, chat
         self.settings, self.stats = settings, stats
-        self.rng = random.Random(seed)
+        self.rng, self.seed = random.Random(seed), seed
         self.encoder = chat.conversation(
             initial_messages(task.problem_statement, style=settings.prompt_style))
         self.turns: list[TurnRecord] = []
@@ -110,7 +117,8 @@ class _Episode:
             self.end_reason = "context_limit"
             return False
         executor = self.rule.executor(index, self.rng)
-        state = TurnState(self.task, self.encoder.messages, tuple(prompt), sandbox, self.episode_id)
+        state = TurnState(self.task, self.encoder.messages, tuple(prompt), sandbox, self.episode_id,
+                          seed=turn_seed(self.seed, index))
         label: Action | None = None
         if executor == TEACHER:
             try:

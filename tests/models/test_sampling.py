@@ -68,6 +68,9 @@ def test_a_row_alone_equals_the_same_row_in_a_batch(model, greedy):
     alone = generate(params, config, [Request(PROMPTS[0], NEW)])[0]
     assert alone.tokens == greedy[0].tokens
     np.testing.assert_allclose(alone.logprobs, greedy[0].logprobs, atol=1e-5)
+    padded = generate(params, config, [Request(PROMPTS[0], NEW)], min_batch=8)  # rows of padding
+    assert len(padded) == 1 and padded[0].tokens == greedy[0].tokens
+    np.testing.assert_allclose(padded[0].logprobs, greedy[0].logprobs, atol=1e-5)
 
 
 def test_sampled_logprobs_and_score_equal_a_full_forward(model, greedy):

@@ -172,3 +172,24 @@ def test_bad_requests_name_what_is_wrong(sampler):
     empty = asyncio.run(sampler.generate([1, 2], SamplingParams(max_new_tokens=0)))
     assert (empty.output_ids, empty.finish_reason, empty.prompt_tokens) == ((), "length", 2)
     assert sampler.batches_run == before  # none of these reached the model
+
+
+def test_a_token_actor_samples_each_turn_with_the_turns_seed(sampler, dirs):
+    """A rerun of a killed episode asks with the same turn seeds and gets the same tokens."""
+    from dagger_jax.agent import ChatTokenizer
+    from dagger_jax.policies.actors import TokenActor, TurnState
+    from dagger_jax.rollout.mixed_episode import turn_seed
+    chat = ChatTokenizer.from_path(dirs["a"])
+    actor = TokenActor("student", sampler, chat, SamplingParams(temperature=1.0, max_new_tokens=8))
+
+    def state(seed):
+        return TurnState(task=None, messages=(), prompt_ids=tuple(PROMPTS[1]), sandbox=None,
+                         session="ep", seed=seed)
+
+    async def sample(seeds):
+        return [(await actor.act(state(s))).token_ids for s in seeds]
+
+    seeds = [turn_seed(1234, turn) for turn in range(4)]
+    first, again = asyncio.run(sample(seeds)), asyncio.run(sample(seeds))
+    assert first == again
+    assert len(set(first)) > 1  # the seeds differ per turn, and so do the samples

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS, TASKS, EVAL_TASKS = 2, 3, 2
 LABEL_BUDGET, EPISODES = 6, 2  # episodes collected per iteration: the budget's 6 labels / 3
 # STUDENT_GREEDY: at loop.temperature > 0 the student's collection samples are not a function
-# of the episode: Loop._student_generator builds the LocalSampler without a seed and TokenActor
+# of the episode: Loop._student builds the LocalSampler without a seed and TokenActor
 # sends none per request, so each request draws its sampling seed from an unseeded RNG
 # (episode_seed only drives the executor coin). A killed student episode is then re-run with
 # other tokens than it had, and no two runs agree on them; ids, counts and coins would still

@@ -1,0 +1,271 @@
+"""The outer loop collecting through the rollout service (config.loop.rollout_service).
+
+The integration test runs every part in its own process, as on a cluster: the rollout service
+(`python -m dagger_jax.rollout.service`), a stand-in SGLang server for the student
+(`tools/serve_local.py`) that starts on another model than the loop's, and
+`python -m dagger_jax.main --config=configs/local.py:dagger` made tiny (one iteration at
+beta 0.5, so the student acts in training collection). It checks that the iteration's shards
+were written by the service, that the student's turns came from the stand-in server after it
+was told to load the loop's initial export, that training ran on them, and that evaluation
+stayed in the loop's process.
+
+The unit tests check the config-time refusal (a student that acts in collection but is not
+served) and that in-process and service collection build their actors from the same specs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import jax
+import ml_collections
+import pytest
+
+from dagger_jax import workdir as layout
+from dagger_jax.config_base import base_config
+from dagger_jax.data.shards import EpisodeSource, read_manifest
+from dagger_jax.envs.tasks.task import Task, read_tasks
+from dagger_jax.models.config import Qwen3Config
+from dagger_jax.models.hf_export import export_hf
+from dagger_jax.models.qwen3 import init_params
+from dagger_jax.policies.actors import ExpertActor, TokenActor
+from dagger_jax.policies.generation import SamplingParams
+from dagger_jax.recipes import loop as loop_module
+from dagger_jax.recipes.loop import Loop, student_spec, teacher_spec
+from dagger_jax.rollout.actor_specs import build_actor
+from tests.envs.sandbox.conftest import bwrap_backend, sandbox_deps  # noqa: F401
+from tests.rollout.test_service import free_port, start_service
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKS = 2
+MODEL = dict(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=2, num_key_value_heads=1, head_dim=16, rope_theta=10_000.0,
+             rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=False,
+             max_position_embeddings=4096)
+# configs/local.py:dagger at tests/recipes/test_loop_resume.py's size, one iteration at beta
+# 0.5 (the paper schedule's iteration 1 is the expert alone), two tasks, small evaluation.
+OVERRIDES = [
+    *(f"--config.model.{k}={v}" for k, v in MODEL.items() if k in (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "head_dim")),
+    "--config.attention_block=0",
+    "--config.loop.iterations=1", f"--config.loop.tasks_per_iteration={TASKS}",
+    "--config.loop.schedule=constant", '--config.loop.schedule_params={"value": 0.5}',
+    "--config.loop.label_budget=0", "--config.loop.max_turns=3",
+    "--config.loop.max_new_tokens=32", "--config.loop.context_budget=2048",
+    "--config.train.seq_len=2048", "--config.loop.concurrency=2", "--config.loop.epochs=1",
+    "--config.loop.sandbox=bwrap", "--config.loop.temperature=0.0",  # greedy: reproducible
+    "--config.eval.num_tasks=1", "--config.eval.max_turns=2", "--config.eval.shift_states=2",
+    "--config.train.batch_size=1", "--config.train.log_every=1", "--config.progress=False",
+]
+TIMEOUT_S = 300
+
+
+def environment(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # one CPU device per process (conftest's 8 are for this one)
+    env["JAX_PLATFORMS"] = "cpu"
+    (tmp / "tmp").mkdir(parents=True, exist_ok=True)
+    env["TMPDIR"] = str(tmp / "tmp")
+    return env
+
+
+def main_command(workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dagger_jax.main", "--config=configs/local.py:dagger",
+            f"--workdir={workdir}", *OVERRIDES, *extra]
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def start_stand_in(model_dir: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, str(ROOT / "tools" / "serve_local.py"), "--model",
+                                str(model_dir), "--port", "0", "--max-batch", "4",
+                                "--weight-version", "standin"],
+                               stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env)
+    url = process.stdout.readline().strip()
+    assert url.startswith("http://"), log.read_text()
+    return process, url
+
+
+def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):  # noqa: F811
+    began = time.monotonic()
+    env = environment(tmp_path)
+    workdir = (tmp_path / "run").resolve()  # as the loop names the paths it sends
+    # The run's tokenizer, made as main makes it (main then reuses it), and a model for the
+    # stand-in server to start on: random weights that are not the loop's initial student.
+    from dagger_jax.main import prepare_tokenizer
+    prepare_tokenizer(ml_collections.ConfigDict({"tokenizer": {"dir": "", "vocab_size": 1024}}),
+                      workdir)
+    other = export_hf(init_params(Qwen3Config(**MODEL), jax.random.key(123)), Qwen3Config(**MODEL),
+                      tmp_path / "other_model", tokenizer_dir=layout.tokenizer_dir(workdir))
+    port = free_port()
+    service_url = f"http://127.0.0.1:{port}"
+    service = start_service(port, tmp_path / "service.log")
+    server, server_url = start_stand_in(other, tmp_path / "server.log", env)
+    log_path = tmp_path / "loop.log"
+    try:
+        with log_path.open("w") as out:
+            loop = subprocess.run(main_command(workdir, f"--config.loop.rollout_service={service_url}",
+                                               f"--config.loop.student_endpoints={server_url}"),
+                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  timeout=TIMEOUT_S)
+        loop_log = log_path.read_text()
+        assert loop.returncode == 0, loop_log[-5000:]
+        job = get_json(f"{service_url}/jobs/iter001")
+        health = get_json(f"{service_url}/health")
+        model_info = get_json(f"{server_url}/get_model_info")
+    finally:
+        for process in (server, service):
+            process.kill()
+            process.wait()
+    state = json.loads((workdir / "state.json").read_text())
+
+    # The training tasks went to the service as a task file in the workdir.
+    tasks = [t for t in read_tasks(workdir / "tasks" / "train.jsonl") if isinstance(t, Task)]
+    assert len(tasks) == 64  # configs/local.py's num_train, all of them; the job names 2
+
+    # The service ran the iteration's job (and only it: evaluation stayed in the loop) and
+    # wrote its shards: one episode per task, named as in-process collection names them.
+    assert job["state"] == "done", job
+    report = job["report"]
+    assert report["episodes_written"] == TASKS and report["episodes_skipped"] == 0, report
+    assert health["jobs"] == 1, health
+    assert "POST /jobs" in (tmp_path / "service.log").read_text()
+    data = workdir / "data" / "iter_001"
+    ids = [e for shard in read_manifest(data) for e in shard.episode_ids]
+    assert sorted(ids) == sorted(f"iter001/{t.instance_id}/0" for t in tasks[:TASKS]), ids
+    assert all(shard.startswith("iter001-") for shard in os.listdir(data)
+               if shard.endswith(".arecord")), os.listdir(data)
+    records = list(EpisodeSource(data))
+    assert {r.metadata["job_id"] for r in records} == {"iter001"}
+    assert {(r.student_version, r.beta) for r in records} == {("iter000", 0.5)}
+
+    # The student's turns came from the stand-in server: the service's pool sent them there,
+    # after the loop had it load the initial export (iter_000) in place of the model it
+    # started on; after training the loop loaded iter_001 on it.
+    student_turns = sum(1 for r in records for t in r.turns if t.executor == "student")
+    assert student_turns > 0, [[t.executor for t in r.turns] for r in records]
+    [endpoint] = report["endpoints"]["student"]["endpoints"]
+    assert endpoint["endpoint"] == server_url and endpoint["served"] >= student_turns, endpoint
+    assert report["stats"]["student_turns"] == student_turns, report["stats"]
+    server_log = (tmp_path / "server.log").read_text()
+    loads = re.findall(r"loaded weights from (\S+) \(version (\S+)\)", server_log)
+    assert loads[0] == (str(workdir / "exports" / "iter_000"), "iter000"), loads
+    assert loads[-1] == (str(workdir / "exports" / "iter_001"), state["weight_version"]), loads
+    assert model_info["weight_version"] == state["weight_version"], model_info
+    assert loop_log.index("do not serve version iter000") < \
+        loop_log.index("submitting rollout job iter001"), loop_log[-5000:]
+
+    # Training ran on the service's episodes, and the iteration finished (evaluation included,
+    # in the loop's process: its shards are in the workdir, no job of the service).
+    trained = re.search(r"iteration 1: training steps (\d+)\.\.(\d+) on (\d+) examples", loop_log)
+    assert trained and int(trained.group(2)) > int(trained.group(1)) and int(trained.group(3)) > 0
+    assert (state["iteration"], state["phase"]) == (2, "collect"), state
+    [row] = state["history"]
+    assert row["train_steps"] == int(trained.group(2)) > 0, row
+    assert (workdir / "exports" / "iter_001" / "config.json").exists()
+    assert len([e for s in read_manifest(workdir / "eval" / "iter_001") for e in s.episode_ids]) == 1
+    print(f"loop through the rollout service: {time.monotonic() - began:.1f} s, "
+          f"{student_turns} student turns, {row['train_steps']} steps")
+
+
+def test_cli_refuses_a_service_without_student_endpoints(tmp_path):
+    """DAgger over 3 iterations of the paper schedule: beta is 0.8 in the second, where the
+    student acts; the service cannot sample it in-process, so main refuses at config time."""
+    url = f"http://127.0.0.1:{free_port()}"  # never contacted: the refusal comes first
+    done = subprocess.run([sys.executable, "-m", "dagger_jax.main", "--config=configs/local.py:dagger",
+                           f"--workdir={tmp_path / 'run'}", f"--config.loop.rollout_service={url}",
+                           "--config.loop.iterations=3", "--config.loop.schedule=paper",
+                           "--config.loop.schedule_params={}", "--config.progress=False"],
+                          cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "config.loop.rollout_service" in done.stderr and \
+        "config.loop.student_endpoints is empty" in done.stderr, done.stderr[-3000:]
+    assert "iteration 2: beta=0.8" in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything ran
+
+
+class _PastTheCheck(Exception):
+    pass
+
+
+def loop_config(recipe: str, **loop_fields) -> ml_collections.ConfigDict:
+    c = base_config()
+    c.loop.update({"enabled": True, "recipe": recipe, "iterations": 3,
+                   "rollout_service": "http://127.0.0.1:1", **loop_fields})
+    c.train.vocab_limit = 1024  # so nothing reads a tokenizer before the check
+    return c
+
+
+def construct(config, monkeypatch):
+    """Loop.__init__ up to its first step after the config checks (load_tasks)."""
+    def stop(_config):
+        raise _PastTheCheck
+    monkeypatch.setattr(loop_module, "load_tasks", stop)
+    Loop(config, Path("/nonexistent"), Qwen3Config(**MODEL), Path("/nonexistent"))
+
+
+@pytest.mark.parametrize("recipe, fields, iteration", [
+    ("dagger", {}, 2),                                   # paper schedule: beta 0.8 at 2
+    ("dagger", {"schedule": "constant", "schedule_params": '{"value": 0.5}'}, 1),
+    ("aggrevate", {}, 1),                                # a student prefix
+    ("opd", {"teacher": "sglang", "teacher_endpoints": "http://t:1"}, 1),
+    ("grpo", {}, 1),
+])
+def test_a_student_that_acts_needs_student_endpoints(recipe, fields, iteration, monkeypatch):
+    with pytest.raises(ValueError) as refused:
+        construct(loop_config(recipe, **fields), monkeypatch)
+    message = str(refused.value)
+    assert "config.loop.rollout_service" in message and "config.loop.student_endpoints" in message
+    assert f"recipe {recipe!r}" in message and f"(iteration {iteration}:" in message
+
+
+@pytest.mark.parametrize("recipe, fields", [
+    ("sft", {}), ("rs_sft", {}),                         # the teacher acts alone
+    ("dagger", {"iterations": 1}),                       # paper schedule: beta 1 at 1
+    ("dagger", {"student_endpoints": "http://s:1"}),     # the student is served
+    ("grpo", {"student_endpoints": "http://s:1,http://s:2"}),
+])
+def test_no_refusal_when_the_student_does_not_act_or_is_served(recipe, fields, monkeypatch):
+    with pytest.raises(_PastTheCheck):
+        construct(loop_config(recipe, **fields), monkeypatch)
+
+
+def test_in_process_and_service_collection_share_the_actor_specs(tmp_path):
+    c = base_config().loop
+    c.update(dict(temperature=0.7, top_p=0.9, max_new_tokens=64))
+    assert teacher_spec(c) == {"kind": "expert"}
+    c.update(dict(teacher="sglang", teacher_endpoints="http://a:1, http://b:2,"))
+    assert teacher_spec(c) == {"kind": "sglang", "endpoints": ["http://a:1", "http://b:2"],
+                               "sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64}}
+    c.update(dict(teacher="openai", teacher_endpoints="http://api/v1", teacher_model="m"))
+    assert teacher_spec(c) == {"kind": "openai", "base_url": "http://api/v1", "model": "m",
+                               "sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64}}
+    sampling = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=64)
+    assert student_spec(c, sampling) is None  # the in-process JAX sampler: no spec
+    c.student_endpoints = "http://s:1,http://s:2"
+    spec = student_spec(c, sampling)
+    assert spec == {"kind": "sglang", "endpoints": ["http://s:1", "http://s:2"],
+                    "sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64}}
+    # What the service builds from the spec is the actor the loop builds in-process.
+    from dagger_jax.agent import ChatTokenizer
+    from dagger_jax.data.sample_corpus import sample_texts
+    from dagger_jax.tokenizer import train_bpe_tokenizer
+    chat = ChatTokenizer.from_path(train_bpe_tokenizer(sample_texts(50, seed=0), 300, tmp_path))
+    student = build_actor(json.loads(json.dumps(spec)), chat, "student")
+    assert isinstance(student, TokenActor) and student.name == "student"
+    assert (student.params.temperature, student.params.top_p, student.params.max_new_tokens) == \
+        (0.7, 0.9, 64)
+    assert student.generator.endpoints == ["http://s:1", "http://s:2"]
+    assert isinstance(build_actor(teacher_spec(base_config().loop), chat, "teacher"), ExpertActor)
