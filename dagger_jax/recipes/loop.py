@@ -158,7 +158,8 @@ def student_spec(loop: Any, sampling: SamplingParams) -> dict[str, Any] | None:
 async def _close_actor(actor: Any) -> None:
     if actor is None:
         return
-    close = getattr(actor, "aclose", None) or getattr(getattr(actor, "generator", None), "aclose", None)
+    close = getattr(actor, "aclose", None) or \
+        getattr(getattr(actor, "generator", None), "aclose", None)
     if close is not None:
         await close()
 

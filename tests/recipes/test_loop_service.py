@@ -7,7 +7,8 @@ The integration test runs every part in its own process, as on a cluster: the ro
 beta 0.5, so the student acts in training collection). It checks that the iteration's shards
 were written by the service, that the student's turns came from the stand-in server after it
 was told to load the loop's initial export, that training ran on them, and that evaluation
-stayed in the loop's process.
+stayed in the loop's process. Alongside the loop, main is run with the service but no student
+endpoints and must refuse at config time.
 
 The unit tests check the config-time refusal (a student that acts in collection but is not
 served) and that in-process and service collection build their actors from the same specs.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +27,9 @@ import urllib.request
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from dagger_jax import workdir as layout
@@ -87,14 +91,20 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
-def start_stand_in(model_dir: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, str(ROOT / "tools" / "serve_local.py"), "--model",
-                                str(model_dir), "--port", "0", "--max-batch", "4",
-                                "--weight-version", "standin"],
-                               stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env)
-    url = process.stdout.readline().strip()
-    assert url.startswith("http://"), log.read_text()
-    return process, url
+def refusal_command(workdir: Path, service_url: str) -> list[str]:
+    """DAgger over 3 iterations of the paper schedule: beta is 0.8 in the second, where the
+    student acts, and no student endpoints: the service cannot sample the student."""
+    return [sys.executable, "-m", "dagger_jax.main", "--config=configs/local.py:dagger",
+            f"--workdir={workdir}", f"--config.loop.rollout_service={service_url}",
+            "--config.loop.iterations=3", "--config.loop.schedule=paper",
+            "--config.loop.schedule_params={}", "--config.progress=False"]
+
+
+def random_params(config: Qwen3Config):
+    """Small random weights of the model's shapes (init_params run eagerly costs seconds)."""
+    rng = np.random.default_rng(123)
+    shapes = jax.eval_shape(lambda key: init_params(config, key), jax.random.key(0))
+    return jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype), shapes)
 
 
 def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):  # noqa: F811
@@ -106,16 +116,29 @@ def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):  # 
     from dagger_jax.main import prepare_tokenizer
     prepare_tokenizer(ml_collections.ConfigDict({"tokenizer": {"dir": "", "vocab_size": 1024}}),
                       workdir)
-    other = export_hf(init_params(Qwen3Config(**MODEL), jax.random.key(123)), Qwen3Config(**MODEL),
+    other = export_hf(random_params(Qwen3Config(**MODEL)), Qwen3Config(**MODEL),
                       tmp_path / "other_model", tokenizer_dir=layout.tokenizer_dir(workdir))
     port = free_port()
     service_url = f"http://127.0.0.1:{port}"
-    service = start_service(port, tmp_path / "service.log")
-    server, server_url = start_stand_in(other, tmp_path / "server.log", env)
+    server = subprocess.Popen([sys.executable, str(ROOT / "tools" / "serve_local.py"), "--model",
+                               str(other), "--port", "0", "--max-batch", "4",
+                               "--weight-version", "standin"], stdout=subprocess.PIPE,
+                              stderr=(tmp_path / "server.log").open("w"), text=True, env=env)
+    refused_dir, refused_log = tmp_path / "refused", tmp_path / "refused.log"
+    shutil.copytree(layout.tokenizer_dir(workdir), layout.tokenizer_dir(refused_dir))
+    service = refused = None
     log_path = tmp_path / "loop.log"
     try:
+        service = start_service(port, tmp_path / "service.log")
+        server_url = server.stdout.readline().strip()
+        assert server_url.startswith("http://"), (tmp_path / "server.log").read_text()
+        # Alongside the loop: the refusal, in a workdir of its own (the tokenizer copied).
+        with refused_log.open("w") as out:
+            refused = subprocess.Popen(refusal_command(refused_dir, service_url), cwd=ROOT,
+                                       env=env, stdout=out, stderr=subprocess.STDOUT)
         with log_path.open("w") as out:
-            loop = subprocess.run(main_command(workdir, f"--config.loop.rollout_service={service_url}",
+            loop = subprocess.run(main_command(workdir,
+                                               f"--config.loop.rollout_service={service_url}",
                                                f"--config.loop.student_endpoints={server_url}"),
                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                   timeout=TIMEOUT_S)
@@ -124,10 +147,21 @@ def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):  # 
         job = get_json(f"{service_url}/jobs/iter001")
         health = get_json(f"{service_url}/health")
         model_info = get_json(f"{server_url}/get_model_info")
+        refused.wait(timeout=TIMEOUT_S)
     finally:
-        for process in (server, service):
+        for process in (p for p in (server, service, refused) if p is not None):
             process.kill()
             process.wait()
+
+    # Config time: a service without student endpoints, for a recipe whose student acts, is
+    # refused before anything runs (no checkpoint, no job sent: the service saw only iter001).
+    refusal = refused_log.read_text()
+    assert refused.returncode != 0, refusal[-3000:]
+    assert "config.loop.rollout_service" in refusal and \
+        "config.loop.student_endpoints is empty" in refusal, refusal[-3000:]
+    assert "(iteration 2: beta=0.8" in refusal, refusal[-3000:]
+    assert not (refused_dir / "checkpoints").exists()
+
     state = json.loads((workdir / "state.json").read_text())
 
     # The training tasks went to the service as a task file in the workdir.
@@ -174,26 +208,10 @@ def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):  # 
     [row] = state["history"]
     assert row["train_steps"] == int(trained.group(2)) > 0, row
     assert (workdir / "exports" / "iter_001" / "config.json").exists()
-    assert len([e for s in read_manifest(workdir / "eval" / "iter_001") for e in s.episode_ids]) == 1
+    evaluated = [e for shard in read_manifest(workdir / "eval" / "iter_001") for e in shard.episode_ids]
+    assert len(evaluated) == 1, evaluated
     print(f"loop through the rollout service: {time.monotonic() - began:.1f} s, "
           f"{student_turns} student turns, {row['train_steps']} steps")
-
-
-def test_cli_refuses_a_service_without_student_endpoints(tmp_path):
-    """DAgger over 3 iterations of the paper schedule: beta is 0.8 in the second, where the
-    student acts; the service cannot sample it in-process, so main refuses at config time."""
-    url = f"http://127.0.0.1:{free_port()}"  # never contacted: the refusal comes first
-    done = subprocess.run([sys.executable, "-m", "dagger_jax.main", "--config=configs/local.py:dagger",
-                           f"--workdir={tmp_path / 'run'}", f"--config.loop.rollout_service={url}",
-                           "--config.loop.iterations=3", "--config.loop.schedule=paper",
-                           "--config.loop.schedule_params={}", "--config.progress=False"],
-                          cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode != 0
-    assert "config.loop.rollout_service" in done.stderr and \
-        "config.loop.student_endpoints is empty" in done.stderr, done.stderr[-3000:]
-    assert "iteration 2: beta=0.8" in done.stderr, done.stderr[-3000:]
-    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything ran
 
 
 class _PastTheCheck(Exception):
