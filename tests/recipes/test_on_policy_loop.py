@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import select
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from dagger_jax.models.hf_export import export_hf
 from dagger_jax.models.qwen3 import init_params
 from dagger_jax.tokenizer import train_bpe_tokenizer
 from tests.envs.sandbox.conftest import bwrap_backend, sandbox_deps  # noqa: F401
+from tests.serving.servers import serve_local
 from tests.test_main import env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,24 +56,8 @@ def teacher_url(tmp_path_factory, tokenizer_dir):
                          max_position_embeddings=4096, tie_word_embeddings=True)
     model = export_hf(init_params(config, jax.random.key(1)), config, root / "hf",
                       tokenizer_dir=tokenizer_dir)
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "serve_local.py"), "--model",
-                             str(model), "--port", "0", "--max-batch", "4"],
-                            stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env())
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 240)
-        url = proc.stdout.readline().strip() if ready else ""
-        if not url.startswith("http://"):
-            proc.kill()
-            pytest.fail(f"teacher server did not start: {(root / 'server.log').read_text()[-3000:]}")
+    with serve_local(model, root / "server.log", "--max-batch", "4", env=env()) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def run_loop(recipe: str, workdir: Path, tokenizer_dir: Path, *extra: str):

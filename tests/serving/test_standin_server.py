@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import select
-import subprocess
-import sys
-from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -15,8 +11,8 @@ import pytest
 
 from dagger_jax.tokenizer import train_bpe_tokenizer
 from tests.policies.test_local_sampler import CORPUS, export_tiny_model
+from tests.serving.servers import serve_local
 
-ROOT = Path(__file__).resolve().parents[2]
 LATENCY_MS = 50
 PROMPT = [5, 17, 250, 9]
 
@@ -26,25 +22,9 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("standin")
     tok = train_bpe_tokenizer(CORPUS, 300, root / "tok")
     dirs = {"a": export_tiny_model(root / "a", 0, tok), "b": export_tiny_model(root / "b", 1, tok)}
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tools" / "serve_local.py"), "--model", str(dirs["a"]),
-         "--port", "0", "--max-batch", "4", "--latency-ms", str(LATENCY_MS)],
-        stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 240)
-        url = proc.stdout.readline().strip() if ready else ""
-        if not url.startswith("http://"):
-            proc.kill()
-            pytest.fail(f"server did not start: {(root / 'server.log').read_text()[-3000:]}")
+    with serve_local(dirs["a"], root / "server.log", "--max-batch", "4",
+                     "--latency-ms", str(LATENCY_MS)) as url:
         yield url, dirs
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def call(url: str, method: str, path: str, body=None, raw: bytes | None = None):
