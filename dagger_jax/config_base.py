@@ -105,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
         files=1, functions_per_file=2, distractors=0, hide_location=False,
         templates=0,              # > 0: only the first N function templates (synthetic.py)
         bug_kinds="",             # comma-separated mutation operators; empty: all
+        packages=0,               # > 0: package names from the first N only
+        numbered_packages=True,   # False: `ledger/core.py`, not `ledger_37/core.py`
+        modules=0,                # > 0: module names from the first N only
     ))
     c.eval = ml_collections.ConfigDict(dict(
         enabled=True, num_tasks=16, max_turns=12, shift_states=32,

@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bug-kinds", default="",
                         help="synthetic: comma-separated mutation operators (compare, arith, "
                              "constant, boolop, variable); empty: all")
+    parser.add_argument("--packages", type=int, default=0,
+                        help="synthetic: package names from the first N only (0: all)")
+    parser.add_argument("--unnumbered-packages", action="store_true",
+                        help="synthetic: `ledger/core.py`, not `ledger_37/core.py`")
+    parser.add_argument("--modules", type=int, default=0,
+                        help="synthetic: module names from the first N only (0: all)")
     parser.add_argument("--package", action="append", default=[],
                         help="pypi: NAME, NAME==VERSION or an sdist path; repeat for several")
     parser.add_argument("--sandbox", "--backend", dest="sandbox", choices=BACKENDS, default="bwrap",
@@ -85,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             difficulty = Difficulty(files=args.files, functions_per_file=args.functions_per_file,
                                     distractors=args.distractors, name_location=not args.hide_location,
                                     templates=args.templates,
-                                    bug_kinds=tuple(k for k in args.bug_kinds.split(",") if k))
+                                    bug_kinds=tuple(k for k in args.bug_kinds.split(",") if k),
+                                    packages=args.packages,
+                                    numbered_packages=not args.unnumbered_packages,
+                                    modules=args.modules)
         except ValueError as e:
             parser.error(str(e))
         tasks, failures = list(generate_tasks(args.n, args.seed, args.split, difficulty)), []

@@ -35,7 +35,7 @@ from dagger_jax.agent import ChatTokenizer
 from dagger_jax.data.shards import EpisodeSource, iteration_dir, labelled_turns
 from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline
 from dagger_jax.envs.sandbox import make_backend
-from dagger_jax.envs.tasks.synthetic import Difficulty, generate_tasks
+from dagger_jax.envs.tasks.synthetic import Difficulty, generate_task, generate_tasks
 from dagger_jax.envs.tasks.task import BadTaskLine, Task, read_tasks, write_tasks
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import export_hf
@@ -95,20 +95,46 @@ def load_tasks(config: Any) -> tuple[list[Task], list[Task]]:
         difficulty = Difficulty(files=t.files, functions_per_file=t.functions_per_file,
                                 distractors=t.distractors, name_location=not t.hide_location,
                                 templates=t.templates,
-                                bug_kinds=tuple(k for k in t.bug_kinds.split(",") if k))
+                                bug_kinds=tuple(k for k in t.bug_kinds.split(",") if k),
+                                packages=t.packages, numbered_packages=t.numbered_packages,
+                                modules=t.modules)
         train = list(generate_tasks(t.num_train, t.train_seed, "train", difficulty))
-        heldout = list(generate_tasks(t.num_heldout, t.heldout_seed, "heldout", difficulty))
+        heldout = _unseen_heldout(train, t.num_heldout, t.heldout_seed, difficulty)
     elif t.source == "file":
         train, heldout = _read(t.train_path, "tasks.train_path"), _read(t.heldout_path, "tasks.heldout_path")
     else:
         raise ValueError(f"config.tasks.source={t.source!r}: choose synthetic or file")
     overlap = {x.instance_id for x in train} & {x.instance_id for x in heldout}
-    bases = {x.gold_patch for x in train if x.gold_patch} & {x.gold_patch for x in heldout if x.gold_patch}
-    if overlap or bases:
+    shared = {same_task_key(x) for x in train} & {same_task_key(x) for x in heldout} - {""}
+    if overlap or shared:
         raise ValueError(f"the evaluation tasks overlap the training tasks ({len(overlap)} shared ids, "
-                         f"{len(bases)} shared gold patches; e.g. {sorted(overlap)[:3]}): use "
-                         "different seeds or files")
+                         f"{len(shared)} shared repos or gold patches; e.g. {sorted(overlap)[:3]}): "
+                         "use different seeds or files")
     return train, heldout
+
+
+def same_task_key(task: Task) -> str:
+    """What two tasks must not share across train and held-out: the repo's contents where the
+    task carries them (generated tasks; a narrow family repeats a fix in a different repo, which
+    is a new instance), else the fix itself (image tasks: one fix, one instance)."""
+    if task.repo_files is not None:
+        return json.dumps(task.repo_files, sort_keys=True)
+    return task.gold_patch or ""
+
+
+def _unseen_heldout(train: list[Task], count: int, seed: int, difficulty: Difficulty) -> list[Task]:
+    """The first `count` held-out tasks whose repo no training task has (skipped by index, so
+    the held-out set stays the same for a given config)."""
+    seen = {same_task_key(task) for task in train}
+    out: list[Task] = []
+    for index in range(count * 50):
+        task = generate_task(seed, index, "heldout", difficulty)
+        if same_task_key(task) not in seen:
+            out.append(task)
+            if len(out) == count:
+                return out
+    raise ValueError(f"only {len(out)} of {count * 50} held-out synthetic tasks differ from every "
+                     f"training task ({difficulty}): widen config.tasks or lower num_train")
 
 
 def _read(path: str, key: str) -> list[Task]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -98,3 +99,25 @@ def test_template_and_bug_kind_knobs_narrow_the_family_and_stay_deterministic():
         Difficulty(bug_kinds=("typo",))
     with pytest.raises(ValueError, match="templates=1 is fewer"):
         Difficulty(templates=1, functions_per_file=2)
+
+
+def test_path_knobs_narrow_the_names_and_change_nothing_else():
+    from dagger_jax.envs.tasks.synthetic import MODULE_NAMES, PACKAGE_NAMES
+    plain = Difficulty(templates=4, bug_kinds=("compare", "arith"))
+    bare = dataclasses.replace(plain, numbered_packages=False)
+    for index in range(10):
+        numbered, unnumbered = generate_task(2, index, "train", plain), generate_task(2, index, "train", bare)
+        package = numbered.metadata["package"]
+        assert unnumbered.metadata["package"] == package.rsplit("_", 1)[0] in PACKAGE_NAMES
+        # Same functions, bug and tests: only the package's name differs.
+        assert numbered.gold_patch.replace(package, "P") == unnumbered.gold_patch.replace(
+            unnumbered.metadata["package"], "P")
+        assert f"`{unnumbered.metadata['target_file']}`" in unnumbered.problem_statement
+    narrow = Difficulty(templates=4, packages=2, numbered_packages=False, modules=3)
+    paths = {t.metadata["target_file"] for t in generate_tasks(30, 5, "heldout", narrow)}
+    assert paths <= {f"{p}/{m}.py" for p in PACKAGE_NAMES[:2] for m in MODULE_NAMES[:3]}
+    assert len(paths) > 1
+    with pytest.raises(ValueError, match="packages=11"):
+        Difficulty(packages=11)
+    with pytest.raises(ValueError, match="modules=1: choose 0 .all. or 2"):
+        Difficulty(files=2, modules=1)

@@ -9,7 +9,7 @@ import pytest
 from dagger_jax.config_base import base_config
 from dagger_jax.envs.tasks.task import write_tasks
 from dagger_jax.data.examples import WEIGHTINGS
-from dagger_jax.recipes.loop import Loop, LoopState, load_tasks
+from dagger_jax.recipes.loop import Loop, LoopState, load_tasks, same_task_key
 from dagger_jax.recipes.recipes import RECIPES, WEIGHTS, Recipe, get_recipe
 from dagger_jax.train.loss import OBJECTIVES
 from dagger_jax.recipes.schedules import make_schedule
@@ -106,3 +106,23 @@ def test_loop_state_round_trips_and_refuses_garbage(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"iteration": 1, "surprise": True}))
     with pytest.raises(ValueError, match="not a loop state"):
         LoopState.load(tmp_path)
+
+
+def test_a_narrow_synthetic_family_repeats_fixes_but_never_a_training_repo(monkeypatch):
+    config = base_config()
+    # One package, one module, four templates: fixes repeat within a few dozen draws.
+    config.tasks.update(dict(num_train=64, num_heldout=8, templates=4, bug_kinds="compare,arith",
+                             packages=1, numbered_packages=False, modules=1))
+    train, heldout = load_tasks(config)
+    assert len(heldout) == 8
+    assert {t.gold_patch for t in train} & {t.gold_patch for t in heldout}  # the family is narrow
+    assert not {same_task_key(t) for t in train} & {same_task_key(t) for t in heldout}
+    assert [t.instance_id for t in load_tasks(config)[1]] == [t.instance_id for t in heldout]
+    # A held-out draw that repeats a training repo is skipped; none left is an error.
+    from dagger_jax.recipes import loop as loop_module
+    drawn = iter([train[0], heldout[0]] + [train[1]] * 1000)
+    monkeypatch.setattr(loop_module, "generate_task", lambda *args: next(drawn))
+    config.tasks.num_heldout = 2
+    with pytest.raises(ValueError, match="only 1 of 100 held-out synthetic tasks differ from every "
+                                         "training task"):
+        load_tasks(config)

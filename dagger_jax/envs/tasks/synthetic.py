@@ -37,6 +37,11 @@ class Difficulty:
     name_location: bool = True    # whether the problem statement names the file
     templates: int = 0            # > 0: draw functions from the first N templates only
     bug_kinds: tuple[str, ...] = ()  # mutation operators allowed (mutations.OPERATORS); () = all
+    # Where the bug is: a from-scratch student must copy the path from the issue, and
+    # `inventory_51` is a harder copy than `ledger`. These narrow the names a path is made of.
+    packages: int = 0             # > 0: package names from the first N of PACKAGE_NAMES only
+    numbered_packages: bool = True  # False: `ledger`, not `ledger_37`
+    modules: int = 0              # > 0: module names from the first N of MODULE_NAMES only
 
     def __post_init__(self) -> None:
         if not 0 <= self.templates <= len(TEMPLATES):
@@ -44,6 +49,11 @@ class Difficulty:
         if self.templates and self.templates < self.files * self.functions_per_file:
             raise ValueError(f"Difficulty.templates={self.templates} is fewer than the "
                              f"{self.files * self.functions_per_file} functions a task holds")
+        if not 0 <= self.packages <= len(PACKAGE_NAMES):
+            raise ValueError(f"Difficulty.packages={self.packages}: choose 0 (all) to {len(PACKAGE_NAMES)}")
+        if not 0 <= self.modules <= len(MODULE_NAMES) or 0 < self.modules < self.files:
+            raise ValueError(f"Difficulty.modules={self.modules}: choose 0 (all) or {self.files} "
+                             f"(files per task) to {len(MODULE_NAMES)}")
         unknown = sorted(set(self.bug_kinds) - set(OPERATORS))
         if unknown:
             raise ValueError(f"Difficulty.bug_kinds: unknown {unknown}; choose from {OPERATORS}")
@@ -128,8 +138,9 @@ def generate_task(seed: int, index: int, split: str = "train",
 
 def _generate(seed: int, index: int, split: str, difficulty: Difficulty, attempt: int) -> Task | None:
     rng = _rng(seed, split, index) if attempt == 0 else _rng(seed, split, f"{index}.{attempt}")
-    package = f"{rng.choice(PACKAGE_NAMES)}_{rng.randint(10, 99)}"
-    modules = rng.sample(MODULE_NAMES, k=difficulty.files)
+    name, number = rng.choice(PACKAGE_NAMES[:difficulty.packages or None]), rng.randint(10, 99)
+    package = f"{name}_{number}" if difficulty.numbered_packages else name
+    modules = rng.sample(MODULE_NAMES[:difficulty.modules or None], k=difficulty.files)
     chosen = _functions(rng, difficulty.files * difficulty.functions_per_file, difficulty.templates)
     target_name, target_template, _ = chosen[0]
     for d in range(difficulty.distractors):  # same code shape, other names: harder to pinpoint

@@ -66,6 +66,20 @@ def test_synthetic_tasks_get_images_that_docker_episodes_start_from(tmp_path, do
         assert all(line["end_reason"] == "finish" for line in lines[:-1])
 
 
+def test_make_tasks_takes_the_demo_family_knobs(tmp_path, bwrap_backend):
+    out = tmp_path / "tasks.jsonl"
+    made = tool("make_tasks.py", "--source", "synthetic", "--n", "6", "--seed", "2", "--templates", "4",
+                "--bug-kinds", "compare,arith", "--packages", "1", "--unnumbered-packages",
+                "--modules", "1", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    tasks = [Task.from_json(json.loads(line)) for line in out.read_text().splitlines()]
+    assert len(tasks) == 6 and {t.metadata["target_file"] for t in tasks} == {"ledger/core.py"}
+    assert {t.metadata["mutation"]["operator"] for t in tasks} <= {"compare", "arith"}
+    bad = tool("make_tasks.py", "--source", "synthetic", "--n", "1", "--modules", "99",
+               "--out", str(tmp_path / "bad.jsonl"))
+    assert bad.returncode == 2 and "Difficulty.modules=99" in bad.stderr
+
+
 def test_swebench_instances_become_tasks_the_expert_resolves_in_their_images(tmp_path, docker_backend):
     instance = harness_instance(tmp_path)
     instances = tmp_path / "instances.jsonl"
