@@ -23,8 +23,9 @@ def get_config(arg: str | None = None):
         c.loop.recipe = arg
         # The demo (python -m dagger_jax.demo): tuned for 2 CPU cores; the knobs and what they
         # cost are in the README. Short rows: attention on CPU costs ~T per token, and a
-        # compact-prompt expert episode (~1,200 tokens) fits one.
-        c.train.update(dict(seq_len=2048, batch_size=2, lr=1.5e-3, schedule="constant",
+        # compact-prompt expert episode (1,150-1,400 tokens) fits one 1536-token row (at 2048
+        # rows were 59% full; at 1280 a tenth of SFT's last turns would not fit).
+        c.train.update(dict(seq_len=1536, batch_size=2, lr=1.5e-3, schedule="constant",
                             warmup_steps=5, checkpoint_every=50))
         c.model.max_position_embeddings = 4096
         c.attention_block = 512  # causal blocks are unrolled: 4 compile in a minute, 32 in many
@@ -37,6 +38,7 @@ def get_config(arg: str | None = None):
         # from the first 4 templates, operator bugs only, always in `ledger/core.py` (a student
         # this size does not learn to copy a path from the issue within the budget; README).
         c.tasks.update(dict(templates=4, bug_kinds="compare,arith", packages=1,
-                            numbered_packages=False, modules=1, num_train=160))
-        c.eval.update(dict(num_tasks=12, max_turns=6, shift_states=16))
+                            numbered_packages=False, modules=1, num_train=160,
+                            num_heldout=24))
+        c.eval.update(dict(num_tasks=24, max_turns=6, shift_states=16))
     return lock(c)

@@ -161,3 +161,17 @@ def paper_loop(c: ml_collections.ConfigDict, recipe: str | None) -> ml_collectio
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.lock()
     return config
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`FILE[:ARG]` as main's --config takes it: FILE's get_config(ARG) (configs/ is not a
+    package, so tools and benchmarks load the file by path)."""
+    import importlib.util
+    from pathlib import Path
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_loaded_config", path)
+    if module_spec is None or not Path(path).is_file():
+        raise FileNotFoundError(f"no config file {path} (from {spec!r})")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

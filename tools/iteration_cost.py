@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
+from dagger_jax.config_base import load_config_file
 from dagger_jax.recipes.cost import iteration_cost
 
 
 def load_config(spec: str):
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_config", path)
-    if module_spec is None or not Path(path).is_file():
-        raise SystemExit(f"iteration_cost: no config file {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    try:
+        return load_config_file(spec)
+    except FileNotFoundError as e:
+        raise SystemExit(f"iteration_cost: {e}") from e
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dagger_jax.models.config import Qwen3Config
+from dagger_jax.models.prefix_cache import CachedPrefix, PrefixCache
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, RMSNorm, apply_rope, output_embedding, rope_tables
 
 Array = jax.Array
@@ -163,8 +164,9 @@ def _forward(params: Any, config: Qwen3Config, tokens: Array, positions: Array,
         k = _rms(_dense(h, attn["k_proj"]).reshape(b, t, hkv, d), attn["k_norm"]["scale"], eps)
         v = _dense(h, attn["v_proj"]).reshape(b, t, hkv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        kc = kc.at[rows, positions].set(k.astype(kc.dtype))
-        vc = vc.at[rows, positions].set(v.astype(vc.dtype))
+        # Positions past the cache (a short row's padding after a cached prefix) write nowhere.
+        kc = kc.at[rows, positions].set(k.astype(kc.dtype), mode="drop")
+        vc = vc.at[rows, positions].set(v.astype(vc.dtype), mode="drop")
         x = x + _dense(_attend(q, kc, vc, positions), attn["o_proj"])
         h = _rms(x, lp["post_attention_layernorm"]["scale"], eps)
         mlp = lp["mlp"]
@@ -214,6 +216,19 @@ def _prefill(params: Any, tokens: Array, controls: _Controls, *, config: Qwen3Co
     last = hidden[jnp.arange(b), controls.prompt_len - 1]
     seq = jnp.zeros((b, cache_len), jnp.int32).at[:, :p].set(tokens)
     return _State(k, v, seq, jnp.zeros((b, cache_len), jnp.float32), _unembed(params, config, last),
+                  controls.prompt_len, controls.max_new <= 0, jnp.zeros((b,), bool))
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _extend(params: Any, k: Array, v: Array, seq: Array, suffix: Array, start: Array,
+            controls: _Controls, *, config: Qwen3Config) -> _State:
+    """Prefill after cached prefixes: row i's cache already holds slots [0, start[i]); its
+    prompt's remaining tokens are suffix[i] (right-padded), run at positions start[i] + j."""
+    b, t = suffix.shape
+    positions = start[:, None] + jnp.arange(t)[None, :]
+    hidden, k, v = _forward(params, config, suffix, positions, k, v)
+    last = hidden[jnp.arange(b), controls.prompt_len - start - 1]
+    return _State(k, v, seq, jnp.zeros(seq.shape, jnp.float32), _unembed(params, config, last),
                   controls.prompt_len, controls.max_new <= 0, jnp.zeros((b,), bool))
 
 
@@ -275,8 +290,11 @@ def _controls(requests: Sequence[Request], batch: int, stop_width: int) -> tuple
 
 def generate(params: Any, config: Qwen3Config, requests: Sequence[Request], *,
              stop_check: StopCheck | None = None, chunk_steps: int = 64,
-             min_batch: int = 1) -> list[Completion]:
+             min_batch: int = 1, prefix_cache: PrefixCache | None = None) -> list[Completion]:
     """Decodes all requests as one batch; returns one Completion per request, in order.
+
+    prefix_cache: rows start from the K/V of their longest cached prefix, and every row's
+    tokens are stored in it afterwards (it must hold K/V of these same params).
 
     min_batch pads the batch to at least that many rows: a server whose batches vary in size
     compiles one batch shape instead of one per power of two (each a few seconds on CPU)."""
@@ -293,7 +311,11 @@ def generate(params: Any, config: Qwen3Config, requests: Sequence[Request], *,
     tokens, controls = _controls(requests, batch, bucket(max(len(r.stop_token_ids) for r in requests), 4))
     cache_len = max(tokens.shape[1], bucket(max(len(r.prompt) + r.max_new_tokens for r in requests),
                                             MIN_SEQ_BUCKET))
-    state = _prefill(params, jnp.asarray(tokens), controls, config=config, cache_len=cache_len)
+    reused = [prefix_cache.lookup(r.prompt) for r in requests] if prefix_cache is not None else []
+    if any(reused):
+        state = _prefill_from_cache(params, config, requests, reused, tokens, controls, cache_len)
+    else:
+        state = _prefill(params, jnp.asarray(tokens), controls, config=config, cache_len=cache_len)
     plen = [len(r.prompt) for r in requests]
     cut: dict[int, tuple[int, str]] = {}      # rows ended on the host by a stop string
     checked = [0] * len(requests)
@@ -316,7 +338,36 @@ def generate(params: Any, config: Qwen3Config, requests: Sequence[Request], *,
                 ended = np.zeros(batch, bool)
                 ended[list(cut)] = True
                 state = state._replace(done=state.done | jnp.asarray(ended))
-    return _completions(requests, state, plen, cut)
+    completions = _completions(requests, state, plen, cut)
+    if prefix_cache is not None:
+        k, v = np.asarray(state.k), np.asarray(state.v)
+        for i, (r, c) in enumerate(zip(requests, completions)):
+            n = len(r.prompt) + len(c.tokens)  # every kept token's K/V is in its slot
+            prefix_cache.store(r.prompt + c.tokens, k[:, i, :n], v[:, i, :n])
+    return completions
+
+
+def _prefill_from_cache(params: Any, config: Qwen3Config, requests: Sequence[Request],
+                        reused: Sequence[CachedPrefix | None], tokens: np.ndarray,
+                        controls: _Controls, cache_len: int) -> _State:
+    """The prefill, with each row's cached prefix copied in and only the rest of it run."""
+    batch = tokens.shape[0]
+    shape = (config.num_hidden_layers, batch, cache_len, config.num_key_value_heads,
+             config.head_dim)
+    k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    start = np.zeros(batch, np.int32)
+    for i, hit in enumerate(reused):
+        if hit is not None:
+            k[:, i, :hit.length], v[:, i, :hit.length] = hit.k, hit.v
+            start[i] = hit.length
+    rest = [len(r.prompt) - int(start[i]) for i, r in enumerate(requests)]
+    suffix = np.zeros((batch, bucket(max(rest), MIN_SEQ_BUCKET)), np.int32)
+    for i, r in enumerate(requests):
+        suffix[i, :rest[i]] = r.prompt[start[i]:]
+    seq = np.zeros((batch, cache_len), np.int32)
+    seq[:, :tokens.shape[1]] = tokens
+    return _extend(params, jnp.asarray(k), jnp.asarray(v), jnp.asarray(seq), jnp.asarray(suffix),
+                   jnp.asarray(start), controls, config=config)
 
 
 def _completions(requests: Sequence[Request], state: _State, plen: list[int],

@@ -23,6 +23,7 @@ import numpy as np
 from dagger_jax.models import sampling
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_import import load_hf_params
+from dagger_jax.models.prefix_cache import PrefixCache
 from dagger_jax.models.qwen3 import params_shape
 from dagger_jax.policies.generation import Generation, SamplingParams
 from dagger_jax.tokenizer.load import TOKENIZER_FILES
@@ -71,6 +72,8 @@ class _Model:
     config: Qwen3Config
     path: str | None
     version: str
+    # K/V of recent sequences under these params (None: off); new weights get a new one.
+    prefix_cache: PrefixCache | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,20 +100,29 @@ class LocalSampler:
                  tokenizer: Any | None = None, decode: Decode | None = None, max_batch: int = 8,
                  weight_version: str = DEFAULT_WEIGHT_VERSION, model_path: str | None = None,
                  tokenizer_path: str | None = None, eos_token_ids: Sequence[int] | None = None,
-                 seed: int | None = None, chunk_steps: int = 64, vocab_limit: int = 0):
+                 seed: int | None = None, chunk_steps: int = 64, vocab_limit: int = 0,
+                 prefix_cache_entries: int | None = None):
         """vocab_limit: sample only ids below it (0: all); set it to the tokenizer's size when
-        the model's vocabulary is padded past the tokenizer's."""
+        the model's vocabulary is padded past the tokenizer's. prefix_cache_entries: sequences
+        whose K/V are kept for reuse by later prompts that extend them (models/prefix_cache.py);
+        None: 4 per batch row, 0: no reuse."""
         if max_batch < 1:
             raise ValueError(f"LocalSampler.max_batch must be >= 1, got {max_batch}")
         if chunk_steps < 1:
             raise ValueError(f"LocalSampler.chunk_steps must be >= 1, got {chunk_steps}")
+        if prefix_cache_entries is None:
+            prefix_cache_entries = 4 * max_batch
+        if prefix_cache_entries < 0:
+            raise ValueError(f"LocalSampler.prefix_cache_entries must be >= 0, got "
+                             f"{prefix_cache_entries}")
+        self.prefix_cache_entries = prefix_cache_entries
         self.name = name
         self.max_batch = max_batch
         self.chunk_steps = chunk_steps
         self.vocab_limit = int(vocab_limit)
         self.tokenizer_path = tokenizer_path
         self._decode = _decoder(tokenizer, decode)
-        self._model = _Model(params, config, model_path, weight_version)
+        self._model = _Model(params, config, model_path, weight_version, self._new_prefix_cache())
         # Like SGLang, generation stops at the model's EOS unless told otherwise.
         if eos_token_ids is None:
             eos_token_ids = () if config.eos_token_id is None else (config.eos_token_id,)
@@ -209,8 +221,16 @@ class LocalSampler:
         loop = asyncio.get_running_loop()
         params, config = await loop.run_in_executor(None, load_model, model_dir)
         version = self._model.version if weight_version is None else str(weight_version)
-        self._model = _Model(params, config, str(model_dir), version)
+        self._model = _Model(params, config, str(model_dir), version, self._new_prefix_cache())
         log.info("%s: loaded weights from %s (version %s)", self.name, model_dir, version)
+
+    def _new_prefix_cache(self) -> PrefixCache | None:
+        return PrefixCache(self.prefix_cache_entries) if self.prefix_cache_entries else None
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """The cache of the weights now serving (hits / misses / reused_tokens counters)."""
+        return self._model.prefix_cache
 
     async def aclose(self) -> None:
         if self._worker is not None:
@@ -315,7 +335,8 @@ class LocalSampler:
         # Always max_batch rows: concurrent episodes come and go, and every other batch size
         # would be another compile.
         return sampling.generate(model.params, model.config, requests, stop_check=check,
-                                 chunk_steps=self.chunk_steps, min_batch=self.max_batch)
+                                 chunk_steps=self.chunk_steps, min_batch=self.max_batch,
+                                 prefix_cache=model.prefix_cache)
 
     def _run_score(self, model: _Model, payloads: list) -> list[tuple[float, ...]]:
         sequences = [list(ids) + list(targets) for ids, targets in payloads]

@@ -110,6 +110,10 @@ def load_tasks(config: Any) -> tuple[list[Task], list[Task]]:
         raise ValueError(f"the evaluation tasks overlap the training tasks ({len(overlap)} shared ids, "
                          f"{len(shared)} shared repos or gold patches; e.g. {sorted(overlap)[:3]}): "
                          "use different seeds or files")
+    if config.eval.enabled and config.eval.num_tasks > len(heldout):
+        raise ValueError(f"config.eval.num_tasks={config.eval.num_tasks} but there are only "
+                         f"{len(heldout)} held-out tasks (config.tasks.num_heldout / "
+                         "tasks.heldout_path): evaluate on fewer or make more")
     return train, heldout
 
 

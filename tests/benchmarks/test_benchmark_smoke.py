@@ -84,3 +84,23 @@ def test_local_config_case_matches_configs_local(bench):
     case = bench.bench_cases(local)["local"]
     assert case.model.hidden_size == local.model.hidden_size
     assert (case.batch_size, case.seq_len) == (local.train.batch_size, local.train.seq_len)
+
+
+def test_decode_benchmark_runs_and_the_cache_changes_no_token():
+    """benchmarks/decode.py on a minuscule model: it checks itself that both ways generate the
+    same tokens; here, that every later turn reused the whole earlier context."""
+    spec = importlib.util.spec_from_file_location(
+        "_bench_decode", Path(__file__).resolve().parents[2] / "benchmarks" / "decode.py")
+    decode = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decode)
+    model = Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                        rope_theta=10_000.0, max_position_embeddings=256)
+    result = decode.run(model, rows=2, turns=3, prompt=40, new=4, observation=6, batch=2)
+    assert result["cache_hits"] == 4 and result["cache_misses"] == 2
+    # Turns 2 and 3 skip the whole previous prompt + output: (40 + 4), (40 + 4 + 6 + 4) for
+    # row 0, 7 tokens fewer for row 1.
+    assert result["prompt_tokens_skipped"] == (44 + 54) + (37 + 47)
+    assert result["final_prompt_tokens"] == 40 + 3 * (4 + 6)
+    assert all(s > 0 for way in result["seconds"].values() for s in way) and result["speedup"] > 0
+    assert decode.model_config("configs/local.py:dagger").hidden_size == 128

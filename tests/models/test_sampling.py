@@ -168,3 +168,53 @@ def test_vocab_limit_keeps_sampling_below_it(model):
     assert any(t >= limit for o in free for t in o.tokens)  # without it the model goes past 40
     with pytest.raises(ValueError, match="vocab_limit must be >= 0"):
         Request(PROMPTS[0], NEW, vocab_limit=-1)
+
+
+def test_prefix_cache_reuses_earlier_turns_and_changes_nothing(model):
+    """Three 'turns' per row, each prompt = last prompt + its output + new tokens (an agent's
+    growing context): with the cache, turns 2-3 prefill only their new part, and tokens and
+    log-probs equal a cache-free run; a stop-string cut stores only the kept tokens."""
+    from dagger_jax.models.prefix_cache import PrefixCache
+    _, config, params = model
+    rng = np.random.default_rng(11)
+    cache = PrefixCache(capacity=8, min_tokens=4)
+    prompts = [list(p) for p in PROMPTS]
+    reused = 0
+    for turn in range(3):
+        requests = [Request(p, 6) for p in prompts]
+        cut = lambda row, tokens, checked: (3, "X") if row == 1 and len(tokens) >= 3 else None  # noqa: E731
+        cached = generate(params, config, requests, prefix_cache=cache, stop_check=cut, chunk_steps=2)
+        plain = generate(params, config, requests, stop_check=cut, chunk_steps=2)
+        for c, p, prompt in zip(cached, plain, prompts):
+            assert c.tokens == p.tokens and c.finish_reason == p.finish_reason
+            np.testing.assert_allclose(c.logprobs, p.logprobs, atol=1e-5)
+            np.testing.assert_allclose(c.logprobs, full_forward_logprobs(config, params, prompt, c.tokens),
+                                       atol=1e-5)
+        assert len(cached[1].tokens) == 3
+        prompts = [p + list(c.tokens) + rng.integers(0, 160, 2).tolist() for p, c in zip(prompts, cached)]
+        reused += sum(len(p) - 2 for p in prompts) if turn < 2 else 0
+    # Turn 1 misses (empty cache); every later lookup reuses all of the last prompt + output,
+    # so only the 2 new tokens run.
+    assert cache.hits == 6 and cache.misses == 3
+    assert cache.reused_tokens == reused
+    # Each row's last sequence replaced its earlier prefixes.
+    assert len(cache) == 3
+
+
+def test_prefix_cache_lookup_and_store_rules():
+    from dagger_jax.models.prefix_cache import PrefixCache
+    kv = lambda n: np.arange(2 * n * 3, dtype=np.float32).reshape(2, n, 1, 3)  # noqa: E731
+    cache = PrefixCache(capacity=2, min_tokens=2)
+    cache.store([1, 2, 3, 4], kv(4), kv(4))
+    hit = cache.lookup([1, 2, 3, 4])          # the whole prompt: the last token still runs
+    assert hit.length == 3 and hit.k.shape == (2, 3, 1, 3)
+    np.testing.assert_array_equal(hit.k, kv(4)[:, :3])
+    assert cache.lookup([1, 2, 9, 9, 9]).length == 2       # longest common prefix
+    assert cache.lookup([1, 9, 9]) is None                 # under min_tokens
+    cache.store([5, 6, 7], kv(3), kv(3))
+    cache.store([8, 9, 10], kv(3), kv(3))                  # capacity 2: [1, 2, 3, 4] evicted
+    assert cache.lookup([1, 2, 3, 4, 5]) is None and len(cache) == 2
+    with pytest.raises(ValueError, match="do not match"):
+        cache.store([1, 2, 3], kv(2), kv(2))
+    with pytest.raises(ValueError, match="capacity"):
+        PrefixCache(capacity=0)

@@ -193,3 +193,42 @@ def test_a_token_actor_samples_each_turn_with_the_turns_seed(sampler, dirs):
     first, again = asyncio.run(sample(seeds)), asyncio.run(sample(seeds))
     assert first == again
     assert len(set(first)) > 1  # the seeds differ per turn, and so do the samples
+
+
+def test_prefix_cache_serves_growing_prompts_and_is_dropped_with_old_weights(dirs):
+    """A prompt that extends an earlier prompt + output reuses its K/V (same outputs as a
+    sampler without the cache); new weights start a new, empty cache."""
+    long_prompt = [int(t) for t in np.random.default_rng(5).integers(1, TINY.vocab_size, 40)]
+
+    async def main(s: LocalSampler, reload_to: Path | None):
+        first = await s.generate(long_prompt, GREEDY)
+        grown = long_prompt + list(first.output_ids) + [3, 4]
+        second = await s.generate(grown, GREEDY)
+        hits = s.prefix_cache.hits if s.prefix_cache else None
+        after = None
+        if reload_to is not None:
+            await s.load_weights(reload_to, "v2")
+            after = await s.generate(grown, GREEDY)
+        await s.aclose()
+        return first, second, hits, after, s.prefix_cache
+
+    cached = LocalSampler.from_hf_dir(dirs["a"], max_batch=2)
+    first, second, hits, after, cache = asyncio.run(main(cached, dirs["b"]))
+    plain = LocalSampler.from_hf_dir(dirs["a"], max_batch=2, prefix_cache_entries=0)
+    p_first, p_second, p_hits, _, p_cache = asyncio.run(main(plain, None))
+    assert hits == 1 and p_hits is None and p_cache is None
+    assert (first.output_ids, second.output_ids) == (p_first.output_ids, p_second.output_ids)
+    np.testing.assert_allclose(second.logprobs, p_second.logprobs, atol=1e-5)
+    # After the reload the old K/V are gone: b's answer, computed from scratch.
+    fresh_b = LocalSampler.from_hf_dir(dirs["b"], max_batch=2, prefix_cache_entries=0)
+    grown = long_prompt + list(first.output_ids) + [3, 4]
+
+    async def solo():
+        out = await fresh_b.generate(grown, GREEDY)
+        await fresh_b.aclose()
+        return out
+
+    assert after.output_ids == asyncio.run(solo()).output_ids
+    assert cache.hits == 0 and cache.misses == 1
+    with pytest.raises(ValueError, match="prefix_cache_entries"):
+        LocalSampler.from_hf_dir(dirs["a"], prefix_cache_entries=-1)

@@ -85,6 +85,9 @@ def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
 def test_overlapping_eval_tasks_are_refused(tmp_path):
     config = base_config()
     config.tasks.update(dict(num_train=6, num_heldout=3, train_seed=4, heldout_seed=4))
+    with pytest.raises(ValueError, match=r"eval.num_tasks=16 but there are only 3 held-out tasks"):
+        load_tasks(config)
+    config.eval.num_tasks = 3
     train, heldout = load_tasks(config)  # the synthetic splits are disjoint even at one seed
     assert len(train) == 6 and len(heldout) == 3 and all(t.split == "heldout" for t in heldout)
     write_tasks(train, tmp_path / "train.jsonl")
@@ -113,6 +116,7 @@ def test_a_narrow_synthetic_family_repeats_fixes_but_never_a_training_repo(monke
     # One package, one module, four templates: fixes repeat within a few dozen draws.
     config.tasks.update(dict(num_train=64, num_heldout=8, templates=4, bug_kinds="compare,arith",
                              packages=1, numbered_packages=False, modules=1))
+    config.eval.num_tasks = 2
     train, heldout = load_tasks(config)
     assert len(heldout) == 8
     assert {t.gold_patch for t in train} & {t.gold_patch for t in heldout}  # the family is narrow
