@@ -156,8 +156,12 @@ def _forward(params: Any, config: Qwen3Config, tokens: Array, positions: Array,
     x = jnp.take(params["embed_tokens"], tokens, axis=0).astype(jnp.float32)
     cos, sin = rope_tables(positions, d, cfg.rope_theta)
 
-    def layer(x, scanned):
-        lp, kc, vc = scanned
+    # The caches ride in the scan's carry and each layer writes its slots in place: as scanned
+    # inputs / outputs they would be re-stacked whole on every decode step, a cost that grows
+    # with the cache length (benchmarks/decode.py).
+    def layer(carry, scanned):
+        x, kc, vc = carry
+        lp, i = scanned
         attn = lp["self_attn"]
         h = _rms(x, lp["input_layernorm"]["scale"], eps)
         q = _rms(_dense(h, attn["q_proj"]).reshape(b, t, hq, d), attn["q_norm"]["scale"], eps)
@@ -165,16 +169,17 @@ def _forward(params: Any, config: Qwen3Config, tokens: Array, positions: Array,
         v = _dense(h, attn["v_proj"]).reshape(b, t, hkv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # Positions past the cache (a short row's padding after a cached prefix) write nowhere.
-        kc = kc.at[rows, positions].set(k.astype(kc.dtype), mode="drop")
-        vc = vc.at[rows, positions].set(v.astype(vc.dtype), mode="drop")
-        x = x + _dense(_attend(q, kc, vc, positions), attn["o_proj"])
+        kc = kc.at[i, rows, positions].set(k.astype(kc.dtype), mode="drop")
+        vc = vc.at[i, rows, positions].set(v.astype(vc.dtype), mode="drop")
+        x = x + _dense(_attend(q, kc[i], vc[i], positions), attn["o_proj"])
         h = _rms(x, lp["post_attention_layernorm"]["scale"], eps)
         mlp = lp["mlp"]
         x = x + _dense(jax.nn.silu(_dense(h, mlp["gate_proj"])) * _dense(h, mlp["up_proj"]),
                        mlp["down_proj"])
-        return x, (kc, vc)
+        return (x, kc, vc), None
 
-    x, (k_cache, v_cache) = jax.lax.scan(layer, x, (params["layers"], k_cache, v_cache))
+    (x, k_cache, v_cache), _ = jax.lax.scan(layer, (x, k_cache, v_cache),
+                                            (params["layers"], jnp.arange(cfg.num_hidden_layers)))
     return _rms(x, params["norm"]["scale"], eps), k_cache, v_cache
 
 
