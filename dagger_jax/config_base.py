@@ -83,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
         prefix_step=2,
         tasks_per_iteration=16,
         label_budget=0,           # > 0: an iteration stops starting episodes at this many labelled turns
+        label_budgets="",         # per iteration, comma-separated (e.g. "240,60,60"); overrides label_budget
         epochs=3,                 # over the aggregated data, per iteration
         max_turns=12,
         max_new_tokens=192,

@@ -117,6 +117,24 @@ def load_tasks(config: Any) -> tuple[list[Task], list[Task]]:
     return train, heldout
 
 
+def parse_label_budgets(spec: str, default: int, iterations: int) -> list[int]:
+    """Each iteration's label budget: config.loop.label_budgets ("240,60,60": one per iteration,
+    e.g. a large warm-start first iteration) or else config.loop.label_budget for all."""
+    if not spec.strip():
+        if default < 0:
+            raise ValueError(f"config.loop.label_budget must be >= 0, got {default}")
+        return [default] * iterations
+    try:
+        budgets = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"config.loop.label_budgets={spec!r}: expected comma-separated "
+                         "integers, one per iteration") from None
+    if len(budgets) != iterations or any(b < 0 for b in budgets):
+        raise ValueError(f"config.loop.label_budgets={spec!r}: need {iterations} budgets >= 0 "
+                         f"(config.loop.iterations={iterations}), got {budgets}")
+    return budgets
+
+
 def same_task_key(task: Task) -> str:
     """What two tasks must not share across train and held-out: the repo's contents where the
     task carries them (generated tasks; a narrow family repeats a fix in a different repo, which
@@ -203,6 +221,8 @@ class Loop:
         loop = config.loop
         self.recipe: Recipe = get_recipe(loop.recipe)
         self.recipe.check_teacher(loop.teacher, loop.teacher_endpoints)
+        self._label_budgets = parse_label_budgets(loop.label_budgets, loop.label_budget,
+                                                  loop.iterations)
         # The trainer's objective is the recipe's weight (train/loss.py); set here so the
         # Trainer below builds its step for it.
         if config.train.objective not in ("", self.recipe.weight):
@@ -334,7 +354,7 @@ class Loop:
             episodes_per_task=self.recipe.group_size, seed=self.config.seed + i,
             student_version=self.state.weight_version, teacher_id=loop.teacher,
             settings=self._settings(loop.max_turns), metadata={"recipe": self.recipe.name},
-            label_budget=loop.label_budget)
+            label_budget=self._label_budgets[i - 1])
         if loop.rollout_service:  # training collection only: evaluation stays in-process
             report = self._run_service_collection(job, needs_student(rule))
         else:

@@ -9,7 +9,8 @@ import pytest
 from dagger_jax.config_base import base_config
 from dagger_jax.envs.tasks.task import write_tasks
 from dagger_jax.data.examples import WEIGHTINGS
-from dagger_jax.recipes.loop import Loop, LoopState, load_tasks, same_task_key
+from dagger_jax.recipes.loop import (Loop, LoopState, load_tasks, parse_label_budgets,
+                                     same_task_key)
 from dagger_jax.recipes.recipes import RECIPES, WEIGHTS, Recipe, get_recipe
 from dagger_jax.train.loss import OBJECTIVES
 from dagger_jax.recipes.schedules import make_schedule
@@ -79,7 +80,20 @@ def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
         Loop(config, tmp_path, None, None)
     with pytest.raises(ValueError, match="recipe 'ppo' does not exist; choose from"):
         Loop(loop_config("ppo"), tmp_path, None, None)
+    with pytest.raises(ValueError, match=r"label_budgets='240,60': need 3 budgets >= 0 "
+                                         r"\(config.loop.iterations=3\)"):
+        Loop(loop_config("sft", label_budgets="240,60"), tmp_path, None, None)
     assert not any(tmp_path.iterdir())
+
+
+def test_label_budgets_per_iteration():
+    assert parse_label_budgets("", 100, 3) == [100, 100, 100]
+    assert parse_label_budgets("240, 60,0", 100, 3) == [240, 60, 0]  # overrides label_budget
+    for bad in ("240,60,x", "240,-1,60", "1,2,3,4"):
+        with pytest.raises(ValueError, match="config.loop.label_budgets"):
+            parse_label_budgets(bad, 0, 3)
+    with pytest.raises(ValueError, match="label_budget must be >= 0"):
+        parse_label_budgets("", -5, 3)
 
 
 def test_overlapping_eval_tasks_are_refused(tmp_path):
