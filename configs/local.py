@@ -40,5 +40,7 @@ def get_config(arg: str | None = None):
         c.tasks.update(dict(templates=4, bug_kinds="compare,arith", packages=1,
                             numbered_packages=False, modules=1, num_train=160,
                             num_heldout=24))
-        c.eval.update(dict(num_tasks=24, max_turns=6, shift_states=16))
+        # 12 held-out tasks keep the demo near 15 minutes; the seed study evaluates all 24
+        # (--config.eval.num_tasks=24; the first 12 are these).
+        c.eval.update(dict(num_tasks=12, max_turns=6, shift_states=16))
     return lock(c)
