@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -52,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from dagger_jax.config_base import load_config_file  # noqa: E402
 from dagger_jax.models.config import Qwen3Config  # noqa: E402
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, params_shape  # noqa: E402
 from dagger_jax.models.sharding import QWEN3_RULES, batch_sharding, make_mesh  # noqa: E402
@@ -79,11 +79,8 @@ class BenchCase:
 
 
 def load_local_config() -> Any:
-    """configs/local.py's get_config() (configs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("_bench_local_config", REPO / "configs" / "local.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    """configs/local.py's get_config() (the plain job's model, batch and seq_len)."""
+    return load_config_file(str(REPO / "configs" / "local.py"))
 
 
 def bench_cases(local_config: Any) -> dict[str, BenchCase]:

@@ -3,21 +3,18 @@ themselves are tested in test_loop_resume.py and the end-to-end rollout tests)."
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from dagger_jax.config_base import load_config_file
 from dagger_jax.demo import comparison, run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def local_config(arg: str):
-    spec = importlib.util.spec_from_file_location("_demo_local_config", ROOT / "configs" / "local.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config_file(f"{ROOT / 'configs' / 'local.py'}:{arg}")
 
 
 def test_each_run_gets_its_recipe_and_seed_and_the_same_heldout_tasks():
