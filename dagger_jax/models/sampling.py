@@ -10,6 +10,10 @@ row goes to slot len(prompt), overwriting prefill padding, and attention only se
 query's own position. So no row ever sees another row's padding, and a row's output is the same
 whether it runs alone or in a batch.
 
+With a prefix cache (models/prefix_cache.py) a row's slots [0, n) are copied in from an earlier
+sequence sharing its first n tokens, and only the rest of its prompt is prefilled, at
+positions n, n + 1, ...: an agent's next turn re-runs only what was appended since its last.
+
 Shapes are bucketed (batch, prompt length, cache length, stop-id count) so that requests of
 varied sizes reuse a few compiled programs. Decoding runs as a device-side while loop in chunks
 of `chunk_steps` tokens; between chunks the host may end rows early (stop strings need a
