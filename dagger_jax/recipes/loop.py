@@ -223,6 +223,15 @@ class Loop:
         self.recipe.check_teacher(loop.teacher, loop.teacher_endpoints)
         self._label_budgets = parse_label_budgets(loop.label_budgets, loop.label_budget,
                                                   loop.iterations)
+        if any(self._label_budgets) and self.recipe.label != "action":
+            # The budget counts turns with a teacher *action* label (the shard manifests' turn
+            # summaries); OPD's scored turns and GRPO's unlabelled ones never reach it.
+            raise ValueError(
+                f"config.loop.label_budget(s) > 0 but recipe {self.recipe.name!r} gets "
+                f"{'log-probs' if self.recipe.label == 'logprobs' else 'no labels'} from the "
+                "teacher, not action labels, and the budget counts action labels only: set "
+                "config.loop.label_budget=0 (and label_budgets='') and bound collection with "
+                "config.loop.tasks_per_iteration")
         # The trainer's objective is the recipe's weight (train/loss.py); set here so the
         # Trainer below builds its step for it.
         if config.train.objective not in ("", self.recipe.weight):

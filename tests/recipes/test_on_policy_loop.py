@@ -38,7 +38,7 @@ OVERRIDES = [
     "--config.loop.concurrency=4", "--config.loop.temperature=1.0", "--config.loop.top_p=1.0",
     "--config.train.seq_len=2048", "--config.train.batch_size=1", "--config.train.log_every=1",
     "--config.train.loss_chunk=128", "--config.eval.enabled=False", "--config.progress=False",
-    "--config.attention_block=0",
+    "--config.attention_block=0", "--config.loop.label_budget=0",
 ]
 
 

@@ -83,6 +83,12 @@ def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
     with pytest.raises(ValueError, match=r"label_budgets='240,60': need 3 budgets >= 0 "
                                          r"\(config.loop.iterations=3\)"):
         Loop(loop_config("sft", label_budgets="240,60"), tmp_path, None, None)
+    with pytest.raises(ValueError, match="recipe 'grpo' gets no labels from the teacher.*"
+                                         "set config.loop.label_budget=0"):
+        Loop(loop_config("grpo", label_budget=100), tmp_path, None, None)
+    with pytest.raises(ValueError, match="recipe 'opd' gets log-probs"):
+        Loop(loop_config("opd", label_budgets="0,10,0", teacher="sglang",
+                         teacher_endpoints="http://t:1"), tmp_path, None, None)
     assert not any(tmp_path.iterdir())
 
 
