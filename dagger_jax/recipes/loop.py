@@ -349,7 +349,9 @@ class Loop:
         if path.exists():
             return
         state = self.trainer.initial_state()
-        if int(state.step) == 0:
+        if self.trainer.checkpointer.latest_step() is None:
+            # Fresh random params: keep them, so the export and a resumed run agree. (Params
+            # imported with tools/import_hf.py are already checkpoint 0.)
             self.trainer.save(state)
         export_hf(state.params, self.model_config, path, tokenizer_dir=self.tokenizer_dir)
 

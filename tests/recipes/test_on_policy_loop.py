@@ -107,3 +107,29 @@ def test_grpo_iteration_trains_the_clipped_group_objective(
     assert len(records) == 4  # group_size episodes of the task
     assert all(t.executor == "student" and t.sample_logprobs for r in records for t in r.turns)
 
+
+
+def test_a_loop_starts_from_weights_imported_with_import_hf(tmp_path, tokenizer_dir, bwrap_backend):  # noqa: F811
+    """The paper-scale path: tools/import_hf.py writes checkpoint 0, then the loop runs from it
+    (its iteration-0 export is the imported model, not a fresh initialisation)."""
+    from safetensors.numpy import load_file
+    config = Qwen3Config(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         rope_theta=10_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                         max_position_embeddings=4096)
+    source = export_hf(init_params(config, jax.random.key(7)), config, tmp_path / "base",
+                       tokenizer_dir=tokenizer_dir)
+    workdir = tmp_path / "w"
+    imported = subprocess.run([sys.executable, "tools/import_hf.py", f"--hf-dir={source}",
+                               f"--workdir={workdir}"], cwd=ROOT, env=env(), capture_output=True,
+                              text=True, timeout=300)
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    done = run_loop("sft", workdir, tokenizer_dir)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "resuming from" in done.stderr and "step 0 (params only" in done.stderr
+    base = load_file(str(source / "model.safetensors"))
+    start = load_file(str(workdir / "exports" / "iter_000" / "model.safetensors"))
+    assert base.keys() == start.keys()
+    for name in base:
+        np.testing.assert_array_equal(start[name], base[name], err_msg=name)
+    assert (workdir / "exports" / "iter_001" / "config.json").exists()
