@@ -6,6 +6,9 @@ override (`--config.train.lrr=1e-4`) is an error, not a silently ignored setting
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 
 from dagger_jax.models.sharding import QWEN3_RULES
@@ -167,8 +170,6 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """`FILE[:ARG]` as main's --config takes it: FILE's get_config(ARG) (configs/ is not a
     package, so tools and benchmarks load the file by path)."""
-    import importlib.util
-    from pathlib import Path
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("_loaded_config", path)
     if module_spec is None or not Path(path).is_file():
