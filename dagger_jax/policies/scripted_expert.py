@@ -1,11 +1,12 @@
 """The scripted expert: a privileged teacher that acts toward the fix from any state.
 
 It knows the task's base state (its files, or the image's base commit) and gold patch, so it
-knows what every file should finally contain. Each turn it reads the sandbox (git status and the files that matter) and takes the
-next step of a plain plan: repair damage (restore deleted or broken files, remove junk), view
-the file with the bug, make the fix with one small str_replace, run the tests, finish. Because
-it decides from the sandbox, not from its own past, it recovers from whatever state a student
-leaves: a wrong edit, a deleted file, broken syntax, edited tests, a premature test run.
+knows what every file should finally contain. Each turn it reads the sandbox (git status and
+the files that matter) and takes the next step of a plain plan: repair damage (restore deleted
+or broken files, remove junk), view the file with the bug (again after a refused edit), make
+the fix with one small str_replace, run the tests, finish. Because it decides from the sandbox,
+not from its own past, it recovers from whatever state a student leaves: a wrong edit, a
+deleted file, broken syntax, edited tests, a premature test run.
 """
 
 from __future__ import annotations
@@ -105,14 +106,36 @@ def minimal_replacement(current: str, desired: str) -> tuple[str, str]:
             return current, desired
 
 
-def _executed_calls(messages: Sequence[dict[str, str]]) -> list[ToolCall]:
+def _executed_calls(messages: Sequence[dict[str, str]]) -> list[tuple[ToolCall, str]]:
+    """Each parsed assistant call with the observation that answered it ("" if none yet)."""
     calls = []
-    for message in messages:
+    for i, message in enumerate(messages):
         if message.get("role") == "assistant":
             parsed = parse_action(message.get("content") or "")
             if parsed.ok:
-                calls.append(parsed.call)
+                answer = messages[i + 1] if i + 1 < len(messages) else {}
+                observation = (answer.get("content") or "") if answer.get("role") == "tool" else ""
+                calls.append((parsed.call, observation))
     return calls
+
+
+def _needs_view(calls: Sequence[tuple[ToolCall, str]], full_path: str) -> bool:
+    """True until the file is viewed, and again after an edit of it that the editor refused.
+
+    A refused str_replace means the agent's picture of the file was wrong; like a careful
+    engineer (or an LLM teacher) the expert reads the file again before the next attempt, so
+    the recovery it teaches a student (DAgger labels states the expert never reaches itself)
+    puts the exact text to copy right before the retry.
+    """
+    needs = True
+    for call, observation in calls:
+        if call.name != "str_replace_editor" or call.params.get("path") != full_path:
+            continue
+        if call.params.get("command") == "view":
+            needs = False
+        elif observation.startswith("ERROR:"):
+            needs = True
+    return needs
 
 
 class ScriptedExpert:
@@ -139,9 +162,7 @@ class ScriptedExpert:
                 return render_action(
                     ToolCall("str_replace_editor", {"command": "create", "path": full, "file_text": wanted}),
                     f"`{path}` is missing; restoring it.")
-            viewed = any(c.name == "str_replace_editor" and c.params.get("command") == "view"
-                         and c.params.get("path") == full for c in calls)
-            if path in targets and not viewed:
+            if path in targets and _needs_view(calls, full):
                 return render_action(
                     ToolCall("str_replace_editor", {"command": "view", "path": full}),
                     f"Let me look at `{path}`, where the problem should be.")
@@ -150,8 +171,9 @@ class ScriptedExpert:
                       else f"`{path}` was changed by mistake; restoring this part.")
             return render_action(ToolCall("str_replace_editor", {
                 "command": "str_replace", "path": full, "old_str": old, "new_str": new}), reason)
-        ran_tests = (calls and calls[-1].name == "execute_bash"
-                     and calls[-1].params.get("command") == task.test_command)
+        last = calls[-1][0] if calls else None
+        ran_tests = (last is not None and last.name == "execute_bash"
+                     and last.params.get("command") == task.test_command)
         if ran_tests or not task.test_command:  # image tasks test through their eval script only
             return render_action(ToolCall("finish", {}), "The fix is complete.")
         return render_action(ToolCall("execute_bash", {"command": task.test_command}),

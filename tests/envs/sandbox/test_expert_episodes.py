@@ -55,6 +55,31 @@ def test_unparseable_turns_are_observations_and_the_episode_goes_on(backend):
     assert result.messages[3]["role"] == "tool" and result.messages[3]["content"].startswith("ERROR:")
 
 
+def test_after_a_refused_edit_the_expert_reads_the_file_again(backend):
+    class Miscopier:  # views, then tries an old_str that is not in the file, then lets the expert act
+        name = "miscopier"
+
+        def __init__(self):
+            self.expert = ScriptedExpert()
+            self.turn = 0
+
+        def act(self, state: AgentState) -> str:
+            self.turn += 1
+            action = self.expert.act(state)
+            if self.turn == 2:
+                assert "str_replace" in action
+                return action.replace("<parameter=old_str>\n", "<parameter=old_str>\nno such line\n", 1)
+            return action
+
+    result = run_episode(TASKS[0], Miscopier(), backend)
+    tools = [m["content"] for m in result.messages if m["role"] == "tool"]
+    assistant = [m["content"] for m in result.messages if m["role"] == "assistant"]
+    assert tools[1].startswith("ERROR: No replacement was performed")
+    assert "<parameter=command>\nview\n" in assistant[2]  # re-read, not a blind retry
+    assert "<parameter=command>\nstr_replace\n" in assistant[3]
+    assert result.resolved and result.turns == 6  # view, refused edit, view, edit, test, finish
+
+
 def test_turn_limit_and_policy_errors_end_the_episode_with_a_reason(backend):
     limited = run_episode(TASKS[0], ScriptedExpert(), backend, max_turns=1)  # only looked
     assert limited.end_reason == "turn_limit" and limited.turns == 1 and not limited.resolved
