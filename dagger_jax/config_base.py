@@ -101,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
         teacher_model="",
         temperature=0.7,          # PAPER.md: rollouts at 0.7 / 0.9, evaluation greedy
         top_p=0.9,
+        # policy: the on-policy gradient recipes (opd, grpo) sample the student at temperature
+        # 1 / top-p 1, the distribution their estimators assume; rollout: temperature/top_p.
+        on_policy_sampling="policy",
     ))
     c.tasks = ml_collections.ConfigDict(dict(
         source="synthetic",       # synthetic | file (JSONL of tasks, e.g. from tools/make_tasks.py)

@@ -58,6 +58,8 @@ from dagger_jax.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 PHASES = ("collect", "train", "export", "evaluate")
+# How opd/grpo sample the acting student (config.loop.on_policy_sampling; config_base.py).
+ON_POLICY_SAMPLING = ("policy", "rollout")
 
 
 @dataclasses.dataclass
@@ -179,6 +181,19 @@ def needs_student(rule: RolloutRule) -> bool:
     return rule.beta < 1.0 or rule.student_prefix is not None
 
 
+def student_sampling(loop: Any, recipe: Recipe, greedy: bool) -> SamplingParams:
+    """How the acting student samples: greedy (evaluation), or the rollout temperature/top-p,
+    except that on-policy gradient recipes sample the policy itself by default."""
+    if greedy:
+        return SamplingParams(temperature=0.0, max_new_tokens=loop.max_new_tokens)
+    if recipe.weight != "one" and loop.on_policy_sampling == "policy":
+        # The reverse-KL and clipped-ratio estimators take the sampled tokens as draws from the
+        # policy whose (untempered) log-probs they use; at 0.7 / 0.9 they are not.
+        return SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=loop.max_new_tokens)
+    return SamplingParams(temperature=loop.temperature, top_p=loop.top_p,
+                          max_new_tokens=loop.max_new_tokens)
+
+
 def teacher_spec(loop: Any) -> dict[str, Any]:
     """The teacher as an actor spec (rollout/actor_specs.py), for in-process and service
     collection alike."""
@@ -221,6 +236,9 @@ class Loop:
         loop = config.loop
         self.recipe: Recipe = get_recipe(loop.recipe)
         self.recipe.check_teacher(loop.teacher, loop.teacher_endpoints)
+        if loop.on_policy_sampling not in ON_POLICY_SAMPLING:
+            raise ValueError(f"config.loop.on_policy_sampling={loop.on_policy_sampling!r}: "
+                             f"choose from {ON_POLICY_SAMPLING}")
         self._label_budgets = parse_label_budgets(loop.label_budgets, loop.label_budget,
                                                   loop.iterations)
         if any(self._label_budgets) and self.recipe.label != "action":
@@ -295,11 +313,7 @@ class Loop:
                                context_budget=loop.context_budget, prompt_style=loop.prompt_style)
 
     def _sampling(self, greedy: bool) -> SamplingParams:
-        loop = self.config.loop
-        if greedy:
-            return SamplingParams(temperature=0.0, max_new_tokens=loop.max_new_tokens)
-        return SamplingParams(temperature=loop.temperature, top_p=loop.top_p,
-                              max_new_tokens=loop.max_new_tokens)
+        return student_sampling(self.config.loop, self.recipe, greedy)
 
     def _rule(self, iteration: int) -> RolloutRule:
         loop = self.config.loop

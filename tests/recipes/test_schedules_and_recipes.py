@@ -10,7 +10,7 @@ from dagger_jax.config_base import base_config
 from dagger_jax.envs.tasks.task import write_tasks
 from dagger_jax.data.examples import WEIGHTINGS
 from dagger_jax.recipes.loop import (Loop, LoopState, load_tasks, parse_label_budgets,
-                                     same_task_key)
+                                     same_task_key, student_sampling)
 from dagger_jax.recipes.recipes import RECIPES, WEIGHTS, Recipe, get_recipe
 from dagger_jax.train.loss import OBJECTIVES
 from dagger_jax.recipes.schedules import make_schedule
@@ -90,6 +90,20 @@ def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
         Loop(loop_config("opd", label_budgets="0,10,0", teacher="sglang",
                          teacher_endpoints="http://t:1"), tmp_path, None, None)
     assert not any(tmp_path.iterdir())
+
+
+def test_on_policy_recipes_sample_the_policy_itself(tmp_path):
+    loop = base_config().loop
+    for name in ("opd", "grpo"):
+        sampled = student_sampling(loop, get_recipe(name), greedy=False)
+        assert (sampled.temperature, sampled.top_p) == (1.0, 1.0)
+    dagger = student_sampling(loop, get_recipe("dagger"), greedy=False)
+    assert (dagger.temperature, dagger.top_p) == (0.7, 0.9)  # PAPER.md's rollout setting
+    assert student_sampling(loop, get_recipe("opd"), greedy=True).temperature == 0.0
+    loop.on_policy_sampling = "rollout"
+    assert student_sampling(loop, get_recipe("grpo"), greedy=False).temperature == 0.7
+    with pytest.raises(ValueError, match=r"on_policy_sampling='tempered': choose from"):
+        Loop(loop_config("grpo", on_policy_sampling="tempered"), tmp_path, None, None)
 
 
 def test_label_budgets_per_iteration():
