@@ -104,6 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
         # policy: the on-policy gradient recipes (opd, grpo) sample the student at temperature
         # 1 / top-p 1, the distribution their estimators assume; rollout: temperature/top_p.
         on_policy_sampling="policy",
+        stuck_repeats=3,          # end an episode after 3 identical action+observation turns
     ))
     c.tasks = ml_collections.ConfigDict(dict(
         source="synthetic",       # synthetic | file (JSONL of tasks, e.g. from tools/make_tasks.py)

@@ -2,8 +2,8 @@
 
     python tools/eval_swebench.py --instances FILE_OR_DATASET --out OUT_DIR \\
         (--student HF_DIR | --student-endpoints URL,... --tokenizer DIR | --policy expert) \\
-        [--model-name NAME] [--max-turns 30] [--max-new-tokens 1024] [--context-budget 32768] \\
-        [--concurrency 4] [--limit N] [--run-id ID] [--split test] [--grade-timeout 1800]
+        [--model-name NAME] [--max-turns 30] [--stuck-repeats 3] [--max-new-tokens 1024] \\
+        [--context-budget 32768] [--concurrency 4] [--limit N] [--run-id ID] [--split test] [--grade-timeout 1800]
     python tools/eval_swebench.py --instances FILE_OR_DATASET --out OUT_DIR --grade-only PREDICTIONS
 
 Episodes are greedy and the student acts every turn (beta 0). Each finished episode appends
@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the student's tokenizer dir (default: the student export's own)")
     parser.add_argument("--model-name", default=None, help="model_name_or_path of the predictions")
     parser.add_argument("--max-turns", type=int, default=30)
+    parser.add_argument("--stuck-repeats", type=int, default=3,
+                        help="end an episode after this many identical action+observation turns "
+                             "in a row (0: off)")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--context-budget", type=int, default=32768,
                         help="tokens per conversation (capped by a local student's context)")
@@ -104,7 +107,8 @@ async def produce(args: argparse.Namespace, tasks: list, model_name: str) -> se.
     budget = min(args.context_budget, acting.context_limit or args.context_budget)
     try:
         settings = EpisodeSettings(max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
-                                   context_budget=budget, grading_timeout_s=args.grade_timeout)
+                                   context_budget=budget, grading_timeout_s=args.grade_timeout,
+                                   stuck_repeats=args.stuck_repeats)
     except ValueError as e:
         raise BadInput(str(e)) from None
     if args.max_new_tokens >= budget:

@@ -27,6 +27,7 @@ END_REASONS = (
     "finish",
     "turn_limit",
     "context_limit",
+    "stuck",  # the same action met the same observation EpisodeSettings.stuck_repeats times
     "sandbox_error",
     "policy_error",
     "teacher_error",

@@ -250,6 +250,7 @@ class Loop:
                 "teacher, not action labels, and the budget counts action labels only: set "
                 "config.loop.label_budget=0 (and label_budgets='') and bound collection with "
                 "config.loop.tasks_per_iteration")
+        self._settings(loop.max_turns)  # the episode settings are checked before anything runs
         # The trainer's objective is the recipe's weight (train/loss.py); set here so the
         # Trainer below builds its step for it.
         if config.train.objective not in ("", self.recipe.weight):
@@ -310,7 +311,8 @@ class Loop:
     def _settings(self, max_turns: int) -> EpisodeSettings:
         loop = self.config.loop
         return EpisodeSettings(max_turns=max_turns, max_new_tokens=loop.max_new_tokens,
-                               context_budget=loop.context_budget, prompt_style=loop.prompt_style)
+                               context_budget=loop.context_budget, prompt_style=loop.prompt_style,
+                               stuck_repeats=loop.stuck_repeats)
 
     def _sampling(self, greedy: bool) -> SamplingParams:
         return student_sampling(self.config.loop, self.recipe, greedy)

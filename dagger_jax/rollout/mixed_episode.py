@@ -42,6 +42,10 @@ class EpisodeSettings:
     max_observation_chars: int = 8000
     grading_timeout_s: float = 600.0
     prompt_style: str = "full"     # agent/prompts.py: full | compact
+    # > 0: end the episode ("stuck") once the same action has met the same observation this
+    # many turns in a row, as OpenHands' stuck detector does; such an agent repeats itself to
+    # the turn limit, at full generation cost. 0: off.
+    stuck_repeats: int = 0
 
     def __post_init__(self) -> None:
         if self.prompt_style not in PROMPT_STYLES:
@@ -50,6 +54,9 @@ class EpisodeSettings:
         for name in ("max_turns", "context_budget", "max_new_tokens", "max_observation_chars"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"EpisodeSettings.{name} must be positive, got {getattr(self, name)}")
+        if self.stuck_repeats < 0 or self.stuck_repeats == 1:
+            raise ValueError(f"EpisodeSettings.stuck_repeats must be 0 (off) or >= 2, got "
+                             f"{self.stuck_repeats}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +108,7 @@ class _Episode:
         self.turns: list[TurnRecord] = []
         self.timings = {"student_s": 0.0, "teacher_s": 0.0, "sandbox_s": 0.0, "grading_s": 0.0}
         self.end_reason, self.error = "turn_limit", None
+        self._exchanges: list[tuple[str, str]] = []  # (action text, observation) per turn
 
     async def _call(self, actor: Actor, role: str, state: TurnState) -> Action:
         start = time.perf_counter()
@@ -181,15 +189,21 @@ class _Episode:
         cap = self.settings.max_observation_chars
         if not parsed.ok:
             self.turns[-1].parse_ok = False
-            self.encoder.append({"role": "tool", "content": format_error_observation(parsed.error, cap)})
-            return True
-        start = time.perf_counter()
-        outcome = await asyncio.to_thread(execute_call, parsed.call, sandbox, self.editor, cap)
-        self.timings["sandbox_s"] += time.perf_counter() - start
-        if outcome.finished:
-            self.end_reason = "finish"
+            observation = format_error_observation(parsed.error, cap)
+        else:
+            start = time.perf_counter()
+            outcome = await asyncio.to_thread(execute_call, parsed.call, sandbox, self.editor, cap)
+            self.timings["sandbox_s"] += time.perf_counter() - start
+            if outcome.finished:
+                self.end_reason = "finish"
+                return False
+            observation = outcome.observation
+        self.encoder.append({"role": "tool", "content": observation})
+        self._exchanges.append((text, observation))
+        repeats = self.settings.stuck_repeats
+        if repeats and len(self._exchanges) >= repeats and len(set(self._exchanges[-repeats:])) == 1:
+            self.end_reason = "stuck"
             return False
-        self.encoder.append({"role": "tool", "content": outcome.observation})
         return True
 
     async def run(self, backend: SandboxBackend) -> Outcome:

@@ -89,6 +89,8 @@ def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
     with pytest.raises(ValueError, match="recipe 'opd' gets log-probs"):
         Loop(loop_config("opd", label_budgets="0,10,0", teacher="sglang",
                          teacher_endpoints="http://t:1"), tmp_path, None, None)
+    with pytest.raises(ValueError, match="stuck_repeats must be 0"):
+        Loop(loop_config("sft", stuck_repeats=-1), tmp_path, None, None)
     assert not any(tmp_path.iterdir())
 
 

@@ -166,3 +166,31 @@ def test_label_budget_stops_starting_episodes_and_a_rerun_adds_none(tmp_path, ch
     assert again.episodes_written == 0
     with pytest.raises(ValueError, match="label_budget"):
         job(tmp_path, 1.0, label_budget=-1)
+
+
+def test_a_stuck_student_ends_its_episode_and_a_repeated_action_that_progresses_does_not(
+        tmp_path, chat, bwrap_backend):
+    class Mumbler(Looker):  # the same unparseable text every turn: the same error back
+        async def act(self, state) -> Action:
+            self.calls += 1
+            return Action("I am not sure.", None)
+
+    class Counter(Looker):  # the same command every turn, but its output changes
+        async def act(self, state) -> Action:
+            self.calls += 1
+            return Action(render_action(ToolCall("execute_bash", {"command": "echo x >> n; wc -l n"}),
+                                        "Counting."), None)
+
+    one = dict(list(TASKS.items())[:1])
+    for name, student, turns, reason in (("stuck", Mumbler(), 3, "stuck"),
+                                         ("moving", Counter(), 5, "turn_limit")):
+        asyncio.run(collect(
+            CollectionJob(job_id=name, iteration=0, rule=RolloutRule(beta=0.0, label="none"),
+                          task_ids=tuple(one),
+                          out_dir=str(tmp_path / name),
+                          settings=EpisodeSettings(max_turns=5, stuck_repeats=3)),
+            one, student=student, teacher=None, chat=chat, backend=bwrap_backend))
+        record = EpisodeSource(tmp_path / name)[0]
+        assert (record.outcome.end_reason, len(record.turns), student.calls) == (reason, turns, turns)
+    with pytest.raises(ValueError, match="stuck_repeats must be 0 \\(off\\) or >= 2"):
+        EpisodeSettings(stuck_repeats=1)
