@@ -1,19 +1,21 @@
 """The local demo: recipes trained at the same teacher-label budget, compared on held-out tasks.
 
     python -m dagger_jax.demo --config=configs/local.py:dagger --workdir=W
-        [--recipes=sft,dagger] [--seeds=0,1,2] [--config.loop.label_budget=N ...]
+        [--recipes=sft,dagger] [--seeds=0,1,2] [--jobs=2] [--config.loop.label_budget=N ...]
 
 Each (recipe, seed) is one outer-loop run in `W/<recipe>-seed<N>` (resumable: the same command
 picks up where a killed run stopped). The seed sets the student's initialisation, the sampling
 and the training tasks; the held-out tasks are the same for every run, so the spread across
 seeds is the spread of training. Prints each run's table per iteration as it finishes, then the
-comparison, and writes `W/curves.png` and `W/summary.json`.
+comparison, and writes `W/curves.png` and `W/summary.json`. With --jobs=N, N runs go at once,
+each in its own process with its log in `W/<recipe>-seed<N>.log` (run_processes.py).
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,19 @@ import ml_collections
 from absl import app, flags
 
 from dagger_jax.log_filters import quiet_library_logs
-from dagger_jax.main import _CONFIG, _WORKDIR, initialize_distributed, run
+from dagger_jax.main import _CONFIG, _WORKDIR, initialize_distributed, print_history, run
 from dagger_jax.recipes.curves import draw_curves
 from dagger_jax.recipes.recipes import get_recipe
+from dagger_jax.run_processes import run_in_processes
 
 # --config (the loop config every run shares; the recipe is set per run) and --workdir (the
 # demo's directory, one subdir per run) are the entry point's flags.
 _RECIPES = flags.DEFINE_list("recipes", ["sft", "dagger"], "Recipes to compare.")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds; each recipe runs once per seed.")
+_JOBS = flags.DEFINE_integer("jobs", 1, "Runs at once, each in its own process (on 2 cores, 2: "
+                             "one run trains while the other samples or grades).")
+_COMPARE = flags.DEFINE_bool("compare", True, "Print the comparison, write summary.json and "
+                             "curves.png (off in the per-run processes --jobs starts).")
 
 
 def run_config(base: ml_collections.ConfigDict, recipe: str, seed: int) -> ml_collections.ConfigDict:
@@ -89,6 +96,26 @@ def print_comparison(histories: dict[tuple[str, int], list[dict]], summary: dict
               f"seeds ({summary['spread']:.3f})")
 
 
+def run_each_in_a_process(configs: dict[tuple[str, int], ml_collections.ConfigDict],
+                          workdir: Path, jobs: int) -> None:
+    """Each (recipe, seed) as this command restricted to it (absl keeps the last value of a
+    repeated flag), `jobs` at a time; prints each run's table as it finishes."""
+    names = {f"{recipe}-seed{seed}": (recipe, seed) for recipe, seed in configs}
+    commands = {name: [sys.executable, "-m", "dagger_jax.demo", *sys.argv[1:], f"--recipes={recipe}",
+                       f"--seeds={seed}", "--jobs=1", "--nocompare"]
+                for name, (recipe, seed) in names.items()}
+    logs = {name: workdir / f"{name}.log" for name in names}
+    print(f"{len(names)} runs, {jobs} at a time; logs: {workdir}/<recipe>-seed<N>.log", flush=True)
+
+    def done(name: str) -> None:
+        print(f"\n=== {name} done: {workdir / name}", flush=True)
+        state = json.loads((workdir / name / "state.json").read_text())
+        print_history(configs[names[name]], state["history"])
+        sys.stdout.flush()
+
+    run_in_processes(commands, logs, jobs, on_done=done)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -102,14 +129,18 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     seeds = [int(s) for s in _SEEDS.value]
     configs = {(recipe, seed): run_config(base, recipe, seed) for seed in seeds for recipe in _RECIPES.value}
-    histories: dict[tuple[str, int], list[dict]] = {}
-    for (recipe, seed), config in configs.items():
-        run_dir = workdir / f"{recipe}-seed{seed}"
-        print(f"\n=== {recipe}, seed {seed}: {run_dir}", flush=True)
-        run(config, run_dir)
-        histories[(recipe, seed)] = json.loads((run_dir / "state.json").read_text())["history"]
-    if jax.process_index() != 0:
+    if _JOBS.value > 1 and len(configs) > 1:
+        if jax.process_count() > 1:
+            raise app.UsageError("--jobs > 1 runs on one machine; a multi-host demo runs with --jobs=1")
+        run_each_in_a_process(configs, workdir, _JOBS.value)
+    else:
+        for (recipe, seed), config in configs.items():
+            print(f"\n=== {recipe}, seed {seed}: {workdir / f'{recipe}-seed{seed}'}", flush=True)
+            run(config, workdir / f"{recipe}-seed{seed}")
+    if not _COMPARE.value or jax.process_index() != 0:
         return
+    histories = {key: json.loads((workdir / f"{key[0]}-seed{key[1]}" / "state.json").read_text())["history"]
+                 for key in configs}
     summary = comparison(histories)
     print_comparison(histories, summary)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
