@@ -105,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
         # 1 / top-p 1, the distribution their estimators assume; rollout: temperature/top_p.
         on_policy_sampling="policy",
         stuck_repeats=3,          # end an episode after 3 identical action+observation turns
+        # With a label budget, train on whole episodes (in id order) up to each iteration's
+        # budget: the episodes still running when it was reached are stored, not trained on.
+        cap_trained_labels=True,
     ))
     c.tasks = ml_collections.ConfigDict(dict(
         source="synthetic",       # synthetic | file (JSONL of tasks, e.g. from tools/make_tasks.py)

@@ -150,6 +150,7 @@ class TrajectoryPipeline:
         prefetch: int = 2,
         weighting: str = "one",
         success_filter: bool = False,
+        label_caps: Sequence[int] | None = None,
     ) -> None:
         if process_index is None or process_count is None:
             import jax  # only here: the data layer does not need jax otherwise
@@ -170,6 +171,11 @@ class TrajectoryPipeline:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting {weighting!r} not in {WEIGHTINGS}")
         self.weighting, self.success_filter = weighting, success_filter
+        dir_count = 1 if isinstance(dirs, (str, os.PathLike)) else len(dirs)
+        if label_caps is not None and (len(label_caps) != dir_count or min(label_caps) < 0):
+            raise ValueError(f"label_caps={list(label_caps)}: need one cap >= 0 per directory "
+                             f"({dir_count}; 0: no cap)")
+        self.label_caps = list(label_caps) if label_caps is not None and any(label_caps) else None
         self.target = target_of(weighting)
         self.seq_len, self.batch_size, self.seed, self.max_len = seq_len, batch_size, seed, max_len
         self.process_index, self.process_count = process_index, process_count
@@ -201,9 +207,10 @@ class TrajectoryPipeline:
         self._lock = threading.Lock()  # grain loads batches from several threads
         log.info(
             "trajectory pipeline: %d episodes (%d duplicates skipped, %d unresolved filtered "
-            "out), %d examples, %d rows of %d (fill %.3f), %d batches/epoch of %d rows, "
-            "weighting %s; %s",
+            "out, %d past the label caps), %d examples, %d rows of %d (fill %.3f), %d "
+            "batches/epoch of %d rows, weighting %s; %s",
             len(self.source), self.source.num_duplicates, self.episodes_filtered,
+            self.episodes_over_cap,
             self.num_examples, self.num_rows, seq_len, self.fill, self.batches_per_epoch,
             batch_size, weighting, self.stats.to_dict())
 
@@ -231,7 +238,9 @@ class TrajectoryPipeline:
     def _build_index(self) -> tuple[_Index, ExampleStats]:
         episodes, numbers, lengths = [], [], []
         stats = ExampleStats()
-        self.episodes_filtered = 0
+        self.episodes_filtered = self.episodes_over_cap = 0
+        caps = dict(zip(self.source.dirs, self.label_caps)) if self.label_caps else {}
+        labels: dict[Any, int] = {}  # per directory, the labelled turns of the episodes taken
         # By episode id, not manifest order: concurrent collectors list episodes in the order
         # they finish, and two runs of the same job must still train on the same batches.
         ids = self.source.episode_ids()
@@ -242,6 +251,19 @@ class TrajectoryPipeline:
             summaries = self.source.turn_summaries(key)
             if summaries is None:  # a manifest without summaries: read the record itself
                 summaries = self.source[key].turn_summaries()
+            directory = self.source.directory(key)
+            cap = caps.get(directory, 0)
+            if cap:
+                # Whole episodes in id order up to the cap: the collector stops *starting*
+                # episodes at its budget, and those already running add a few labels more
+                # (longer episodes, more of them); the cap makes recipes train on at most the
+                # same number of labels. After the first episode that does not fit, none does.
+                mine = sum(1 for summary in summaries if summary[3])
+                if labels.get(directory, 0) + mine > cap:
+                    labels[directory] = cap
+                    self.episodes_over_cap += 1
+                    continue
+                labels[directory] = labels.get(directory, 0) + mine
             specs, counts = plan_examples(summaries, self.max_len, self.target)
             stats = stats + counts
             for number, spec in enumerate(specs):
@@ -277,6 +299,8 @@ class TrajectoryPipeline:
             h.update(f"|{self.weighting}|{self.success_filter}".encode())
         if self._advantages is not None:
             h.update(self._advantages.tobytes())
+        if self.label_caps:
+            h.update(f"|caps {self.label_caps}".encode())
         return h.hexdigest()[:16]
 
     @property

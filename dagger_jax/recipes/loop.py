@@ -507,9 +507,11 @@ class Loop:
         first = 1 if self.recipe.aggregate else i
         dirs = [iteration_dir(self.workdir, k) for k in range(first, i + 1)]
         c = self.config.train
+        caps = (self._label_budgets[first - 1:i] if self.config.loop.cap_trained_labels
+                else None)
         return TrajectoryPipeline(dirs, seq_len=c.seq_len, batch_size=c.batch_size,
                                   seed=self.config.seed + 1000 * i, weighting=self.recipe.weight,
-                                  success_filter=self.recipe.success_filter)
+                                  success_filter=self.recipe.success_filter, label_caps=caps)
 
     def _train(self, i: int) -> None:
         pipeline = self._pipeline(i)
@@ -575,7 +577,8 @@ class Loop:
                 await sampler.aclose()
         metrics.update({k: v for k, v in asyncio.run(shift()).items() if v is not None})
         metrics.update(iteration=i, beta=self.beta(i), train_steps=self.state.train_end,
-                       labelled_turns=self._labelled_turns(i))
+                       labelled_turns=self._labelled_turns(i),
+                       trained_labels=self._pipeline(i).stats.trained_turns)
         self.writer.write(i, {f"loop/{k}": float(v) for k, v in metrics.items()
                               if isinstance(v, (int, float))})
         self.state.history.append(metrics)

@@ -250,3 +250,27 @@ def test_batches_do_not_depend_on_the_order_episodes_finished(workdir: Path, tmp
         x, y = a.batch(step), b.batch(step)
         assert all(np.array_equal(x[k], y[k]) for k in x), step
     assert a.iterator().get_state() == b.iterator().get_state()
+
+
+def test_label_caps_keep_whole_episodes_in_id_order_up_to_each_iterations_cap(workdir: Path) -> None:
+    dirs = all_iteration_dirs(workdir)
+    uncapped = make(workdir)
+    per_dir = {d: sorted((r.episode_id, sum(1 for t in r.turns if t.label_ids))
+                         for r in EpisodeSource([d])) for d in dirs}
+    cap = sum(n for _, n in per_dir[dirs[0]][:5])  # exactly the first five episodes of iteration 0
+    capped = make(workdir, label_caps=[cap, 0])
+    kept = set()
+    for step in range(capped.num_steps(1)):
+        kept |= set(segments(capped.batch(step)))
+    first_five = {eid for eid, _ in per_dir[dirs[0]][:5]}
+    wanted = Counter((tuple(e.ids.tolist()), tuple(e.loss_mask.tolist())) for e in examples_from_records(
+        [r for r in EpisodeSource(dirs) if r.iteration == 1 or r.episode_id in first_five], SEQ_LEN)[0])
+    assert kept == set(wanted)
+    assert capped.stats.trained_turns == cap + uncapped.stats.trained_turns - sum(n for _, n in per_dir[dirs[0]])
+    assert capped.episodes_over_cap == len(per_dir[dirs[0]]) - 5
+    assert capped.fingerprint != uncapped.fingerprint
+    assert make(workdir, label_caps=[0, 0]).fingerprint == uncapped.fingerprint  # no cap: as before
+    one_short = make(workdir, label_caps=[cap - 1, 0])  # the fifth no longer fits, nor any after
+    assert one_short.episodes_over_cap == len(per_dir[dirs[0]]) - 4
+    with pytest.raises(ValueError, match=r"label_caps=\[5\]: need one cap >= 0 per directory \(2"):
+        make(workdir, label_caps=[5])
