@@ -76,8 +76,8 @@ def comparison(histories: dict[tuple[str, int], list[dict]]) -> dict[str, Any]:
 
 
 def print_comparison(histories: dict[tuple[str, int], list[dict]], summary: dict[str, Any]) -> None:
-    columns = ("recipe", "seed", "iteration", "beta", "labelled_turns", "resolve_rate",
-               "submission_rate", "parse_error_rate", "mean_turns", "loop_rate",
+    columns = ("recipe", "seed", "iteration", "beta", "labelled_turns", "trained_labels",
+               "resolve_rate", "submission_rate", "parse_error_rate", "mean_turns", "loop_rate",
                "nll_student_states", "nll_teacher_states")
     print("\n" + " ".join(f"{c:>14}" for c in columns))
     for (recipe, seed), rows in sorted(histories.items()):

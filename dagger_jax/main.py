@@ -108,8 +108,8 @@ def print_history(config: Any, history: list[dict]) -> None:
     """One row per iteration: the numbers the recipes are compared by."""
     if jax.process_index() != 0 or not history:
         return
-    columns = ("iteration", "beta", "labelled_turns", "train_steps", "resolve_rate",
-               "submission_rate", "parse_error_rate", "mean_turns", "loop_rate",
+    columns = ("iteration", "beta", "labelled_turns", "trained_labels", "train_steps",
+               "resolve_rate", "submission_rate", "parse_error_rate", "mean_turns", "loop_rate",
                "nll_student_states", "nll_teacher_states")
     print(f"recipe {config.loop.recipe}")
     print(" ".join(f"{c:>18}" for c in columns))
