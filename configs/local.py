@@ -29,9 +29,10 @@ def get_config(arg: str | None = None):
                             warmup_steps=5, checkpoint_every=50))
         c.model.max_position_embeddings = 4096
         c.attention_block = 512  # causal blocks are unrolled: 4 compile in a minute, 32 in many
-        # Every recipe gets the same number of teacher-labelled turns per iteration.
-        # A fresh window of 40 training tasks per iteration (the budget uses ~30 of them).
-        c.loop.update(dict(iterations=3, label_budget=100, tasks_per_iteration=40, epochs=2,
+        # Every recipe trains on at most 120 teacher-labelled turns per iteration (30 expert
+        # episodes; loop.cap_trained_labels). A fresh window of 40 training tasks per
+        # iteration (the budget uses ~35 of them).
+        c.loop.update(dict(iterations=3, label_budget=120, tasks_per_iteration=40, epochs=2,
                            max_turns=8, max_new_tokens=128, context_budget=2048, concurrency=6,
                            prompt_style="compact"))
         # A narrow task family a from-scratch student can learn on CPU: 2 functions per file
