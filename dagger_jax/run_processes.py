@@ -9,21 +9,31 @@ killed demo never leaves a run writing behind the one that resumes it.
 
 from __future__ import annotations
 
-import ctypes
-import signal
+import os
 import subprocess
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
+# Started in place of each command: asks the kernel to SIGKILL it when its parent goes
+# (PR_SET_PDEATHSIG, 1; it survives the exec), gives up if the parent is already gone, then
+# becomes the command. A launcher rather than preexec_fn: the parent may run JAX's threads,
+# and Python code between fork and exec in a threaded process can deadlock.
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) != 0:\n"
+    "    raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('run_processes: the parent exited before this run started')\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+def tied_to_this_process(command: Sequence[str]) -> list[str]:
+    """command, started so that it dies with this process."""
+    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command]
 
 
 class RunFailed(RuntimeError):
@@ -46,8 +56,8 @@ def run_in_processes(commands: dict[str, list[str]], logs: dict[str, Path], jobs
         log = logs[name]
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            code = subprocess.run(commands[name], stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent).returncode
+            code = subprocess.run(tied_to_this_process(commands[name]), stdout=out,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
         with lock:
             if code == 0:
                 on_done(name)
