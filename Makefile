@@ -17,12 +17,13 @@ $(STAMP): pyproject.toml
 sandbox-deps: setup
 	bash tools/ensure_sandbox_deps.sh $(VENV)/bin/python
 
-# SFT and DAgger at the same teacher-label budget on synthetic tasks (bubblewrap sandboxes).
-# SEEDS=0,1,2 for the multi-seed comparison.
+# SFT and DAgger at the same teacher-label budget on synthetic tasks (bubblewrap sandboxes),
+# the two runs side by side (JOBS=1: one after the other). SEEDS=0,1,2 for the seed study.
 SEEDS ?= 0
+JOBS ?= 2
 demo: setup sandbox-deps
 	$(VENV)/bin/python -m dagger_jax.demo --config=configs/local.py:dagger --workdir=$(WORKDIR) \
-	  --seeds=$(SEEDS) --recipes=sft,dagger
+	  --seeds=$(SEEDS) --recipes=sft,dagger --jobs=$(JOBS)
 
 test: setup sandbox-deps
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
