@@ -88,13 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         tasks, failures = _pypi(args, backend)
     else:
         try:
-            difficulty = Difficulty(files=args.files, functions_per_file=args.functions_per_file,
-                                    distractors=args.distractors, name_location=not args.hide_location,
-                                    templates=args.templates,
-                                    bug_kinds=tuple(k for k in args.bug_kinds.split(",") if k),
-                                    packages=args.packages,
-                                    numbered_packages=not args.unnumbered_packages,
-                                    modules=args.modules)
+            difficulty = Difficulty.from_settings(
+                files=args.files, functions_per_file=args.functions_per_file,
+                distractors=args.distractors, hide_location=args.hide_location,
+                templates=args.templates, bug_kinds=args.bug_kinds, packages=args.packages,
+                numbered_packages=not args.unnumbered_packages, modules=args.modules)
         except ValueError as e:
             parser.error(str(e))
         tasks, failures = list(generate_tasks(args.n, args.seed, args.split, difficulty)), []

@@ -94,12 +94,10 @@ def load_tasks(config: Any) -> tuple[list[Task], list[Task]]:
     """(train, held-out) tasks; an overlap between them is an error, not a silent leak."""
     t = config.tasks
     if t.source == "synthetic":
-        difficulty = Difficulty(files=t.files, functions_per_file=t.functions_per_file,
-                                distractors=t.distractors, name_location=not t.hide_location,
-                                templates=t.templates,
-                                bug_kinds=tuple(k for k in t.bug_kinds.split(",") if k),
-                                packages=t.packages, numbered_packages=t.numbered_packages,
-                                modules=t.modules)
+        difficulty = Difficulty.from_settings(
+            files=t.files, functions_per_file=t.functions_per_file, distractors=t.distractors,
+            hide_location=t.hide_location, templates=t.templates, bug_kinds=t.bug_kinds,
+            packages=t.packages, numbered_packages=t.numbered_packages, modules=t.modules)
         train = list(generate_tasks(t.num_train, t.train_seed, "train", difficulty))
         heldout = _unseen_heldout(train, t.num_heldout, t.heldout_seed, difficulty)
     elif t.source == "file":

@@ -99,6 +99,12 @@ def test_template_and_bug_kind_knobs_narrow_the_family_and_stay_deterministic():
         Difficulty(bug_kinds=("typo",))
     with pytest.raises(ValueError, match="templates=1 is fewer"):
         Difficulty(templates=1, functions_per_file=2)
+    # As configs and command lines give them: a comma list, location hidden or named.
+    flat = Difficulty.from_settings(templates=4, bug_kinds="compare, arith", hide_location=False)
+    assert flat == narrow
+    assert Difficulty.from_settings(bug_kinds="", hide_location=True) == Difficulty(name_location=False)
+    with pytest.raises(ValueError, match="bug_kinds: unknown"):
+        Difficulty.from_settings(bug_kinds="compare,typo", hide_location=False)
 
 
 def test_path_knobs_narrow_the_names_and_change_nothing_else():

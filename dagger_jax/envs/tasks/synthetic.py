@@ -58,6 +58,13 @@ class Difficulty:
         if unknown:
             raise ValueError(f"Difficulty.bug_kinds: unknown {unknown}; choose from {OPERATORS}")
 
+    @classmethod
+    def from_settings(cls, *, hide_location: bool, bug_kinds: str, **fields) -> "Difficulty":
+        """From flat settings as configs and command lines hold them: `hide_location` (the
+        inverse of name_location) and `bug_kinds` comma-separated ("" = all)."""
+        return cls(name_location=not hide_location,
+                   bug_kinds=tuple(k.strip() for k in bug_kinds.split(",") if k.strip()), **fields)
+
 
 def _rng(seed: int, split: str, index: int | str) -> random.Random:
     digest = hashlib.sha256(f"synthetic/{split}/{seed}/{index}".encode()).digest()
