@@ -88,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
         label_budget=0,           # > 0: an iteration stops starting episodes at this many labelled turns
         label_budgets="",         # per iteration, comma-separated (e.g. "240,60,60"); overrides label_budget
         epochs=3,                 # over the aggregated data, per iteration
+        # Of those epochs, how many also cover earlier iterations' data (which the weights have
+        # already been trained on when each round starts from the last checkpoint); the rest
+        # cover only the new iteration's. -1: all of them (plain aggregation).
+        earlier_epochs=-1,
         max_turns=12,
         max_new_tokens=192,
         context_budget=4096,
@@ -105,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
         # 1 / top-p 1, the distribution their estimators assume; rollout: temperature/top_p.
         on_policy_sampling="policy",
         stuck_repeats=3,          # end an episode after 3 identical action+observation turns
+        # A refused str_replace also shows the closest lines of the file (as Aider does). Off:
+        # OpenHands' message, the one the paper's teacher and student see.
+        edit_miss_hint=False,
         # With a label budget, train on whole episodes (in id order) up to each iteration's
         # budget: the episodes still running when it was reached are stored, not trained on.
         cap_trained_labels=True,
@@ -122,6 +129,10 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.eval = ml_collections.ConfigDict(dict(
         enabled=True, num_tasks=16, max_turns=12, shift_states=32,
+        # The first iteration evaluated (the ones before get a row without eval metrics): a
+        # student trained from scratch resolves nothing after one round, and evaluating that
+        # costs as much as evaluating a good one.
+        from_iteration=1,
     ))
     return c
 

@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stuck-repeats", type=int, default=3,
                         help="end an episode after this many identical action+observation turns "
                              "in a row (0: off)")
+    parser.add_argument("--edit-miss-hint", action="store_true",
+                        help="a refused str_replace also shows the file's closest lines (as the "
+                             "run that trained the student had with loop.edit_miss_hint)")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--context-budget", type=int, default=32768,
                         help="tokens per conversation (capped by a local student's context)")
@@ -108,7 +111,8 @@ async def produce(args: argparse.Namespace, tasks: list, model_name: str) -> se.
     try:
         settings = EpisodeSettings(max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
                                    context_budget=budget, grading_timeout_s=args.grade_timeout,
-                                   stuck_repeats=args.stuck_repeats)
+                                   stuck_repeats=args.stuck_repeats,
+                                   edit_miss_hint=args.edit_miss_hint)
     except ValueError as e:
         raise BadInput(str(e)) from None
     if args.max_new_tokens >= budget:

@@ -6,10 +6,15 @@ levels deep), create (never overwrites), str_replace (old_str must occur exactly
 goes through the sandbox, never the host. Paths must be absolute and inside /testbed. A bad
 call is an observation (`EditorResult.error`), not an exception: the agent reads it and tries
 again. Only a fault of the sandbox itself (`SandboxError`) propagates.
+
+With `miss_hint`, a str_replace whose old_str is not in the file also shows the file's lines
+most like it, as Aider's editor does ("did you mean ..."): the agent can copy the real text
+from right before its retry instead of re-reading the whole file.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import posixpath
 import shlex
@@ -21,6 +26,7 @@ from dagger_jax.envs.sandbox.base import WORKDIR, Sandbox, SandboxFileError
 COMMANDS = ("view", "create", "str_replace", "insert", "undo_edit")
 SNIPPET_LINES = 4  # context shown around an edit
 MAX_OUTPUT_CHARS = 16_000
+MISS_HINT_MIN_SIMILARITY = 0.5  # below this the closest lines are noise, not a likely target
 CLIPPED_NOTE = ("\n<response clipped><NOTE>Only part of this output is shown. Use `grep -n` "
                 "to find the lines you need, then view them with view_range.</NOTE>")
 
@@ -51,6 +57,22 @@ def _lines(text: str) -> list[str]:
     return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n") if text else []
 
 
+def closest_window(text: str, wanted: str) -> tuple[int, str] | None:
+    """(first line number, lines) of the window of `text`, as many lines as `wanted` has, most
+    similar to `wanted`; None when nothing reaches MISS_HINT_MIN_SIMILARITY."""
+    lines, size = _lines(text), max(1, len(_lines(wanted)))
+    # Compared without indentation, which would make any two lines of a block look alike.
+    target = "\n".join(line.strip() for line in _lines(wanted))
+    best, best_ratio = None, MISS_HINT_MIN_SIMILARITY
+    for start in range(max(1, len(lines) - size + 1)):
+        window = lines[start:start + size]
+        ratio = difflib.SequenceMatcher(None, target, "\n".join(line.strip() for line in window),
+                                        autojunk=False).ratio()
+        if ratio > best_ratio:  # strictly: the first of equally close windows wins
+            best, best_ratio = (start + 1, "\n".join(window)), ratio
+    return best
+
+
 def _as_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or \
             not str(value).strip().lstrip("-").isdigit():
@@ -74,8 +96,9 @@ class StrReplaceEditor:
     """One episode's editor: its undo history lives as long as the object."""
 
     def __init__(self, sandbox: Sandbox, root: str = WORKDIR,
-                 max_output_chars: int = MAX_OUTPUT_CHARS):
+                 max_output_chars: int = MAX_OUTPUT_CHARS, miss_hint: bool = False):
         self.sandbox = sandbox
+        self.miss_hint = miss_hint
         self.root = root
         self.max_output_chars = max_output_chars
         # path -> earlier contents, newest last; None = the file did not exist (undo deletes).
@@ -199,8 +222,13 @@ class StrReplaceEditor:
         text = self.sandbox.read_file(path)
         count = text.count(old_str)
         if count == 0:
-            raise _CallError(f"No replacement was performed, old_str `{old_str}` did not appear "
-                             f"verbatim in {path}.")
+            message = (f"No replacement was performed, old_str `{old_str}` did not appear "
+                       f"verbatim in {path}.")
+            closest = closest_window(text, old_str) if self.miss_hint else None
+            if closest is not None:
+                message += (f" Did you mean to match these actual lines from {path}?\n"
+                            f"{numbered(closest[1], closest[0])}")
+            raise _CallError(message)
         if count > 1:
             starts, at = [], text.find(old_str)
             while at != -1:

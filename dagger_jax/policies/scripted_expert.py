@@ -3,7 +3,8 @@
 It knows the task's base state (its files, or the image's base commit) and gold patch, so it
 knows what every file should finally contain. Each turn it reads the sandbox (git status and
 the files that matter) and takes the next step of a plain plan: repair damage (restore deleted
-or broken files, remove junk), view the file with the bug (again after a refused edit), make
+or broken files, remove junk), view the file with the bug (again after a refused edit, unless the refusal
+showed the lines to replace), make
 the fix with one small str_replace, run the tests, finish. Because it decides from the sandbox,
 not from its own past, it recovers from whatever state a student leaves: a wrong edit, a
 deleted file, broken syntax, edited tests, a premature test run.
@@ -119,8 +120,17 @@ def _executed_calls(messages: Sequence[dict[str, str]]) -> list[tuple[ToolCall, 
     return calls
 
 
-def _needs_view(calls: Sequence[tuple[ToolCall, str]], full_path: str) -> bool:
-    """True until the file is viewed, and again after an edit of it that the editor refused.
+def _shows_lines(observation: str, text: str) -> bool:
+    """Whether `observation` lists every line of `text` in `cat -n` form (a number, a tab)."""
+    listed = {line.split("\t", 1)[1] for line in observation.splitlines()
+              if "\t" in line and line.split("\t", 1)[0].strip().isdigit()}
+    return all(line in listed for line in text.splitlines())
+
+
+def _needs_view(calls: Sequence[tuple[ToolCall, str]], full_path: str, old_str: str) -> bool:
+    """True until the file is viewed, and again after an edit of it that the editor refused,
+    unless the refusal itself listed the lines the expert is about to replace (the editor's
+    miss hint).
 
     A refused str_replace means the agent's picture of the file was wrong; like a careful
     engineer (or an LLM teacher) the expert reads the file again before the next attempt, so
@@ -134,7 +144,7 @@ def _needs_view(calls: Sequence[tuple[ToolCall, str]], full_path: str) -> bool:
         if call.params.get("command") == "view":
             needs = False
         elif observation.startswith("ERROR:"):
-            needs = True
+            needs = not _shows_lines(observation, old_str)
     return needs
 
 
@@ -162,11 +172,11 @@ class ScriptedExpert:
                 return render_action(
                     ToolCall("str_replace_editor", {"command": "create", "path": full, "file_text": wanted}),
                     f"`{path}` is missing; restoring it.")
-            if path in targets and _needs_view(calls, full):
+            old, new = minimal_replacement(current, wanted)
+            if path in targets and _needs_view(calls, full, old):
                 return render_action(
                     ToolCall("str_replace_editor", {"command": "view", "path": full}),
                     f"Let me look at `{path}`, where the problem should be.")
-            old, new = minimal_replacement(current, wanted)
             reason = ("This is the bug; fixing it." if path in targets
                       else f"`{path}` was changed by mistake; restoring this part.")
             return render_action(ToolCall("str_replace_editor", {

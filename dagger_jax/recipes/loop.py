@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from dagger_jax import workdir as layout
 from dagger_jax.agent import ChatTokenizer
@@ -249,6 +250,14 @@ class Loop:
                 "config.loop.label_budget=0 (and label_budgets='') and bound collection with "
                 "config.loop.tasks_per_iteration")
         self._settings(loop.max_turns)  # the episode settings are checked before anything runs
+        if not (loop.earlier_epochs == -1 or 0 <= loop.earlier_epochs <= loop.epochs):
+            raise ValueError(f"config.loop.earlier_epochs={loop.earlier_epochs} must be -1 (all "
+                             f"epochs) or between 0 and config.loop.epochs={loop.epochs}")
+        if config.eval.enabled and not 1 <= config.eval.from_iteration <= loop.iterations:
+            raise ValueError(f"config.eval.from_iteration={config.eval.from_iteration} must be "
+                             f"between 1 and config.loop.iterations={loop.iterations} (no "
+                             "iteration would be evaluated); to skip evaluation set "
+                             "config.eval.enabled=False")
         # The trainer's objective is the recipe's weight (train/loss.py); set here so the
         # Trainer below builds its step for it.
         if config.train.objective not in ("", self.recipe.weight):
@@ -310,7 +319,8 @@ class Loop:
         loop = self.config.loop
         return EpisodeSettings(max_turns=max_turns, max_new_tokens=loop.max_new_tokens,
                                context_budget=loop.context_budget, prompt_style=loop.prompt_style,
-                               stuck_repeats=loop.stuck_repeats)
+                               stuck_repeats=loop.stuck_repeats,
+                               edit_miss_hint=loop.edit_miss_hint)
 
     def _sampling(self, greedy: bool) -> SamplingParams:
         return student_sampling(self.config.loop, self.recipe, greedy)
@@ -501,8 +511,8 @@ class Loop:
         done = [i for i in range(self.state.iteration, -1, -1) if self._export_path(i).exists()]
         return done[0]
 
-    def _pipeline(self, i: int) -> TrajectoryPipeline:
-        first = 1 if self.recipe.aggregate else i
+    def _pipeline(self, i: int, new_only: bool = False) -> TrajectoryPipeline:
+        first = 1 if self.recipe.aggregate and not new_only else i
         dirs = [iteration_dir(self.workdir, k) for k in range(first, i + 1)]
         c = self.config.train
         caps = (self._label_budgets[first - 1:i] if self.config.loop.cap_trained_labels
@@ -511,18 +521,36 @@ class Loop:
                                   seed=self.config.seed + 1000 * i, weighting=self.recipe.weight,
                                   success_filter=self.recipe.success_filter, label_caps=caps)
 
-    def _train(self, i: int) -> None:
+    def _training_passes(self, i: int) -> list[tuple[TrajectoryPipeline, int]]:
+        """(pipeline, epochs) in the order they are trained: the aggregate, then with
+        loop.earlier_epochs the new iteration's data alone for the remaining epochs."""
+        loop = self.config.loop
         pipeline = self._pipeline(i)
+        earlier = loop.epochs if loop.earlier_epochs == -1 else loop.earlier_epochs
+        if not self.recipe.aggregate or i == 1 or earlier == loop.epochs:
+            return [(pipeline, loop.epochs)]
+        passes = [(pipeline, earlier)] if earlier else []
+        return passes + [(self._pipeline(i, new_only=True), loop.epochs - earlier)]
+
+    def _train(self, i: int) -> None:
+        passes = self._training_passes(i)
         if self.state.train_start is None:
             start = self.trainer.checkpointer.latest_step() or 0  # no need to restore the weights
             self.state.train_start = start
-            self.state.train_end = start + pipeline.num_steps(self.config.loop.epochs)
+            self.state.train_end = start + sum(p.num_steps(e) for p, e in passes)
             self.state.save(self.workdir)
         start, end = self.state.train_start, self.state.train_end
-        log.info("iteration %d: training steps %d..%d on %d examples", i, start, end,
-                 pipeline.num_examples)
-        self.trainer.fit(lambda step: pipeline.batch(step - start), total_steps=end,
-                         local_batches=True)
+        # Step -> (pipeline, its step): a pure function of the step, so a resumed run's batches
+        # are the ones it would have had.
+        bounds = np.cumsum([start] + [p.num_steps(e) for p, e in passes])
+
+        def batch(step: int) -> dict[str, np.ndarray]:
+            k = int(np.searchsorted(bounds, step, side="right")) - 1
+            return passes[min(k, len(passes) - 1)][0].batch(step - int(bounds[k]))
+
+        log.info("iteration %d: training steps %d..%d on %s", i, start, end, " then ".join(
+            f"{p.num_examples} examples x {e} epochs" for p, e in passes))
+        self.trainer.fit(batch, total_steps=end, local_batches=True)
         log.info("iteration %d: trained with objective %s: %s", i, self.trainer.objective,
                  json.dumps(self.trainer.last_metrics))
 
@@ -544,8 +572,11 @@ class Loop:
 
     def _evaluate(self, i: int) -> None:
         e = self.config.eval
-        if not e.enabled:
-            self.state.history.append({"iteration": i, "beta": self.beta(i)})
+        if not e.enabled or i < e.from_iteration:
+            self.state.history.append({
+                "iteration": i, "beta": self.beta(i), "train_steps": self.state.train_end,
+                "labelled_turns": self._labelled_turns(i),
+                "trained_labels": self._pipeline(i).stats.trained_turns})
             return
         # In this process even with config.loop.rollout_service set: only training collection
         # goes through the service (the student still acts through student_endpoints if set).

@@ -56,7 +56,8 @@ def sandbox_spec(task: Task, backend: SandboxBackend, work_dir: Path) -> Sandbox
 
 
 def run_episode(task: Task, policy: Policy, backend: SandboxBackend, max_turns: int = 30,
-                max_observation_chars: int = 8000, setup: Setup | None = None) -> EpisodeResult:
+                max_observation_chars: int = 8000, setup: Setup | None = None,
+                edit_miss_hint: bool = False) -> EpisodeResult:
     """Runs and grades one episode; a fault ends this episode with a reason, never raises."""
     start = time.perf_counter()
     messages = initial_messages(task.problem_statement)
@@ -66,7 +67,7 @@ def run_episode(task: Task, policy: Policy, backend: SandboxBackend, max_turns: 
             with backend.open(sandbox_spec(task, backend, Path(tmp))) as sandbox:
                 if setup is not None:
                     setup(sandbox)
-                editor = StrReplaceEditor(sandbox)
+                editor = StrReplaceEditor(sandbox, miss_hint=edit_miss_hint)
                 while turns < max_turns:
                     try:
                         text = policy.act(AgentState(task, tuple(messages), sandbox))

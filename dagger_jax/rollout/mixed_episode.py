@@ -46,6 +46,8 @@ class EpisodeSettings:
     # many turns in a row, as OpenHands' stuck detector does; such an agent repeats itself to
     # the turn limit, at full generation cost. 0: off.
     stuck_repeats: int = 0
+    # A refused str_replace also shows the file's closest lines (envs/editor.py, `miss_hint`).
+    edit_miss_hint: bool = False
 
     def __post_init__(self) -> None:
         if self.prompt_style not in PROMPT_STYLES:
@@ -213,7 +215,7 @@ class _Episode:
                 spec = sandbox_spec(self.task, backend, Path(tmp))
                 sandbox = await asyncio.to_thread(backend.open, spec)
                 try:
-                    self.editor = StrReplaceEditor(sandbox)
+                    self.editor = StrReplaceEditor(sandbox, miss_hint=self.settings.edit_miss_hint)
                     for index in range(self.settings.max_turns):
                         if not await self.turn(index, sandbox):
                             break

@@ -77,6 +77,10 @@ OVERRIDES = [
     f"--config.loop.label_budget={LABEL_BUDGET}",
     "--config.loop.concurrency=1", "--config.loop.temperature=0.0",  # SERIAL, STUDENT_GREEDY
     "--config.loop.epochs=2",  # at least 4 steps in iteration 2: room for a kill between two
+    # Iteration 2 trains one epoch of all the data, then one of iteration 2's alone: two
+    # pipelines, one step counter, which a restart must find where it left off.
+    "--config.loop.earlier_epochs=1",
+    "--config.eval.from_iteration=1",  # kill point 2 is in iteration 1's evaluation
     # The paper's schedule, steeper: beta 1 in iteration 1 (the expert alone), 0.5 in iteration
     # 2, so that the student acts on many of its turns, the re-run ones included.
     '--config.loop.schedule_params={"floor": 0.0, "step": 0.5}',
@@ -297,6 +301,21 @@ def test_loop_killed_at_four_points_resumes_to_the_uninterrupted_result(
         print("\n".join(report))
     check_restarts(tmp_path, chain_dir, at_kill)
     check_same_result(reference_dir, chain_dir)
+    check_two_training_passes(reference_log, reference_dir)
+
+
+def check_two_training_passes(log: Path, workdir: Path) -> None:
+    """Iteration 2 (loop.earlier_epochs=1 of 2) trained one epoch over both iterations' data,
+    then one over iteration 2's alone: fewer examples, and the steps are the two passes'."""
+    passes = re.findall(r"iteration 2: training steps (\d+)\.\.(\d+) on (\d+) examples x 1 "
+                        r"epochs then (\d+) examples x 1 epochs", log.read_text())
+    assert passes, tail(log)
+    first, last, everything, new = map(int, passes[0])
+    assert 0 < new < everything
+    rows = [int(n) for n in re.findall(r"(\d+) rows of \d+ \(fill", log.read_text())]
+    assert last - first < 2 * max(rows)  # less than two epochs of the aggregate
+    history = json.loads((workdir / "state.json").read_text())["history"]
+    assert history[1]["train_steps"] == last
 
 
 def check_restarts(tmp_path: Path, chain_dir: Path, at_kill: dict[str, Any]) -> None:

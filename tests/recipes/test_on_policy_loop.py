@@ -133,3 +133,9 @@ def test_a_loop_starts_from_weights_imported_with_import_hf(tmp_path, tokenizer_
     for name in base:
         np.testing.assert_array_equal(start[name], base[name], err_msg=name)
     assert (workdir / "exports" / "iter_001" / "config.json").exists()
+    # Not evaluated (eval.enabled=False, as for iterations before eval.from_iteration): the
+    # iteration's row still says what it collected and trained.
+    [row] = json.loads((workdir / "state.json").read_text())["history"]
+    assert "resolve_rate" not in row and not (workdir / "eval").exists()
+    assert row["iteration"] == 1 and row["train_steps"] > 0
+    assert row["labelled_turns"] == row["trained_labels"] > 0, row

@@ -162,7 +162,7 @@ def test_a_tiny_local_student_runs_end_to_end(tmp_path, instance):
                         tokenizer_dir=tok)
     out = tmp_path / "out"
     done = run_tool("--instances", path, "--student", student, "--max-turns", 2,
-                    "--max-new-tokens", 16, "--out", out)
+                    "--max-new-tokens", 16, "--edit-miss-hint", "--out", out)
     assert done.returncode == 0, done.stderr[-3000:]
     [line] = predictions(out)
     assert set(line) == KEYS and line["model_name_or_path"] == "tiny-student"

@@ -75,7 +75,28 @@ def test_str_replace_replaces_a_unique_occurrence(editor, sandbox):
 def test_str_replace_with_no_match_names_it(editor, sandbox):
     result = editor("str_replace", CALC, old_str="a * b", new_str="a + b")
     assert result.error and "did not appear verbatim" in result.output
+    assert "Did you mean" not in result.output  # the hint is opt-in
     assert sandbox.read_file(CALC) == "def add(a, b):\n    return a - b\n"
+
+
+def test_a_miss_hint_shows_the_closest_lines_with_their_numbers(sandbox):
+    hinting = StrReplaceEditor(sandbox, miss_hint=True)
+    sandbox.write_file("/testbed/order.py", "def lo(x):\n    return x\n\ndef ok(v):\n"
+                       "    for i in range(len(v) - 1):\n        if v[i] >= v[i + 1]:\n"
+                       "            return False\n    return True\n")
+    miss = hinting("str_replace", "/testbed/order.py", old_str="        if v[i] > v[i - 1]:\n",
+                   new_str="        if v[i] > v[i + 1]:\n")
+    assert miss.error and miss.output.endswith(
+        "Did you mean to match these actual lines from /testbed/order.py?\n"
+        "     6\t        if v[i] >= v[i + 1]:")
+    # As many lines as old_str has, however it is indented.
+    two = hinting("str_replace", "/testbed/order.py", old_str="for i in range(len(v)):\nif v[i] > v[i + 1]:",
+                  new_str="x")
+    assert two.output.endswith("     5\t    for i in range(len(v) - 1):\n     6\t        if v[i] >= v[i + 1]:")
+    # Nothing alike (indentation does not count): no hint rather than a misleading one.
+    far = hinting("str_replace", "/testbed/order.py", old_str="        total -= v\n", new_str="x")
+    assert far.error and "did not appear verbatim" in far.output and "Did you mean" not in far.output
+    assert sandbox.read_file("/testbed/order.py").count(">=") == 1  # nothing was changed
 
 
 def test_str_replace_with_several_matches_names_the_count_and_lines(editor, sandbox):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from dagger_jax.agent import parse_action
 from dagger_jax.envs.corruption import corrupt
 from dagger_jax.envs.sandbox import SandboxError
 from dagger_jax.envs.tasks.synthetic import Difficulty, generate_tasks
@@ -55,29 +56,50 @@ def test_unparseable_turns_are_observations_and_the_episode_goes_on(backend):
     assert result.messages[3]["role"] == "tool" and result.messages[3]["content"].startswith("ERROR:")
 
 
+class Miscopier:
+    """Views, then tries a str_replace whose old_str is not in the file, then lets the expert act."""
+
+    name = "miscopier"
+
+    def __init__(self, wrong_old_str):
+        self.expert = ScriptedExpert()
+        self.wrong_old_str = wrong_old_str  # from the expert's old_str
+        self.turn = 0
+
+    def act(self, state: AgentState) -> str:
+        self.turn += 1
+        action = self.expert.act(state)
+        if self.turn == 2:
+            old = parse_action(action).call.params["old_str"]
+            return action.replace(old, self.wrong_old_str(old), 1)
+        return action
+
+
 def test_after_a_refused_edit_the_expert_reads_the_file_again(backend):
-    class Miscopier:  # views, then tries an old_str that is not in the file, then lets the expert act
-        name = "miscopier"
-
-        def __init__(self):
-            self.expert = ScriptedExpert()
-            self.turn = 0
-
-        def act(self, state: AgentState) -> str:
-            self.turn += 1
-            action = self.expert.act(state)
-            if self.turn == 2:
-                assert "str_replace" in action
-                return action.replace("<parameter=old_str>\n", "<parameter=old_str>\nno such line\n", 1)
-            return action
-
-    result = run_episode(TASKS[0], Miscopier(), backend)
+    result = run_episode(TASKS[0], Miscopier(lambda old: "no such line\n" + old), backend)
     tools = [m["content"] for m in result.messages if m["role"] == "tool"]
     assistant = [m["content"] for m in result.messages if m["role"] == "assistant"]
     assert tools[1].startswith("ERROR: No replacement was performed")
     assert "<parameter=command>\nview\n" in assistant[2]  # re-read, not a blind retry
     assert "<parameter=command>\nstr_replace\n" in assistant[3]
     assert result.resolved and result.turns == 6  # view, refused edit, view, edit, test, finish
+
+
+def test_a_refusal_that_shows_the_lines_to_replace_needs_no_second_view(backend):
+    # One character off: the editor's miss hint lists the real line, so the expert edits at once.
+    def off_by_one_char(old):
+        return old.replace(" ", "  ", 1)
+
+    hinted = run_episode(TASKS[0], Miscopier(off_by_one_char), backend, edit_miss_hint=True)
+    tools = [m["content"] for m in hinted.messages if m["role"] == "tool"]
+    assistant = [m["content"] for m in hinted.messages if m["role"] == "assistant"]
+    assert "Did you mean to match these actual lines" in tools[1]
+    assert "<parameter=command>\nstr_replace\n" in assistant[2]
+    assert hinted.resolved and hinted.turns == 5  # view, refused edit, edit, test, finish
+    # A hint that misses the lines the fix needs (nothing alike: none at all) still means a view.
+    far = run_episode(TASKS[0], Miscopier(lambda old: "zzzz qqqq\n"), backend, edit_miss_hint=True)
+    far_calls = [m["content"] for m in far.messages if m["role"] == "assistant"]
+    assert "<parameter=command>\nview\n" in far_calls[2] and far.resolved and far.turns == 6
 
 
 def test_turn_limit_and_policy_errors_end_the_episode_with_a_reason(backend):
