@@ -129,9 +129,9 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.eval = ml_collections.ConfigDict(dict(
         enabled=True, num_tasks=16, max_turns=12, shift_states=32,
-        # The first iteration evaluated (the ones before get a row without eval metrics): a
-        # student trained from scratch resolves nothing after one round, and evaluating that
-        # costs as much as evaluating a good one.
+        # The first iteration evaluated (the ones before get a row without eval metrics; the
+        # last iteration always is): a student trained from scratch resolves nothing after one
+        # round, and evaluating that costs as much as evaluating a good one.
         from_iteration=1,
     ))
     return c

@@ -253,11 +253,9 @@ class Loop:
         if not (loop.earlier_epochs == -1 or 0 <= loop.earlier_epochs <= loop.epochs):
             raise ValueError(f"config.loop.earlier_epochs={loop.earlier_epochs} must be -1 (all "
                              f"epochs) or between 0 and config.loop.epochs={loop.epochs}")
-        if config.eval.enabled and not 1 <= config.eval.from_iteration <= loop.iterations:
+        if config.eval.from_iteration < 1:
             raise ValueError(f"config.eval.from_iteration={config.eval.from_iteration} must be "
-                             f"between 1 and config.loop.iterations={loop.iterations} (no "
-                             "iteration would be evaluated); to skip evaluation set "
-                             "config.eval.enabled=False")
+                             ">= 1; to skip evaluation set config.eval.enabled=False")
         # The trainer's objective is the recipe's weight (train/loss.py); set here so the
         # Trainer below builds its step for it.
         if config.train.objective not in ("", self.recipe.weight):
@@ -572,7 +570,7 @@ class Loop:
 
     def _evaluate(self, i: int) -> None:
         e = self.config.eval
-        if not e.enabled or i < e.from_iteration:
+        if not e.enabled or i < min(e.from_iteration, self.config.loop.iterations):
             self.state.history.append({
                 "iteration": i, "beta": self.beta(i), "train_steps": self.state.train_end,
                 "labelled_turns": self._labelled_turns(i),

@@ -209,6 +209,7 @@ def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):  # 
     [row] = state["history"]
     assert row["train_steps"] == int(trained.group(2)) > 0, row
     assert (workdir / "exports" / "iter_001" / "config.json").exists()
+    # configs/local.py evaluates from iteration 2, but the last iteration always is evaluated.
     evaluated = [e for shard in read_manifest(workdir / "eval" / "iter_001") for e in shard.episode_ids]
     assert len(evaluated) == 1, evaluated
     print(f"loop through the rollout service: {time.monotonic() - began:.1f} s, "

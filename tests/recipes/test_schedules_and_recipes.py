@@ -94,11 +94,10 @@ def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
     with pytest.raises(ValueError, match=r"earlier_epochs=3 must be -1 \(all epochs\) or "
                                          r"between 0 and config.loop.epochs=2"):
         Loop(loop_config("dagger", epochs=2, earlier_epochs=3), tmp_path, None, None)
-    late = loop_config("sft")
-    late.eval.from_iteration = 4
-    with pytest.raises(ValueError, match=r"eval.from_iteration=4 must be between 1 and "
-                                         r"config.loop.iterations=3"):
-        Loop(late, tmp_path, None, None)
+    never = loop_config("sft")
+    never.eval.from_iteration = 0
+    with pytest.raises(ValueError, match=r"eval.from_iteration=0 must be >= 1"):
+        Loop(never, tmp_path, None, None)
     assert not any(tmp_path.iterdir())
 
 
