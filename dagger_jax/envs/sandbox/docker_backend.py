@@ -71,4 +71,9 @@ class DockerBackend(SandboxBackend):
                 reaped += 1
             except docker.errors.NotFound:
                 pass
+            except docker.errors.APIError as e:
+                # 409 "removal ... already in progress": another process (a second run's
+                # reaper on the same daemon) is removing it; it is going either way.
+                if e.status_code != 409:
+                    raise SandboxError(f"reaping container {container.name} failed: {e}") from e
         return reaped
