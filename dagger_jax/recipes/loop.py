@@ -571,10 +571,7 @@ class Loop:
     def _evaluate(self, i: int) -> None:
         e = self.config.eval
         if not e.enabled or i < min(e.from_iteration, self.config.loop.iterations):
-            self.state.history.append({
-                "iteration": i, "beta": self.beta(i), "train_steps": self.state.train_end,
-                "labelled_turns": self._labelled_turns(i),
-                "trained_labels": self._pipeline(i).stats.trained_turns})
+            self.state.history.append(self._training_row(i))
             return
         # In this process even with config.loop.rollout_service set: only training collection
         # goes through the service (the student still acts through student_endpoints if set).
@@ -603,13 +600,17 @@ class Loop:
             finally:
                 await sampler.aclose()
         metrics.update({k: v for k, v in asyncio.run(shift()).items() if v is not None})
-        metrics.update(iteration=i, beta=self.beta(i), train_steps=self.state.train_end,
-                       labelled_turns=self._labelled_turns(i),
-                       trained_labels=self._pipeline(i).stats.trained_turns)
+        metrics.update(self._training_row(i))
         self.writer.write(i, {f"loop/{k}": float(v) for k, v in metrics.items()
                               if isinstance(v, (int, float))})
         self.state.history.append(metrics)
         log.info("iteration %d: %s", i, json.dumps(metrics))
+
+    def _training_row(self, i: int) -> dict[str, Any]:
+        """What iteration i collected and trained on: every history row has it."""
+        return {"iteration": i, "beta": self.beta(i), "train_steps": self.state.train_end,
+                "labelled_turns": self._labelled_turns(i),
+                "trained_labels": self._pipeline(i).stats.trained_turns}
 
     def _labelled_turns(self, i: int) -> int:
         """Teacher-labelled turns collected so far (the budget recipes are compared at)."""
