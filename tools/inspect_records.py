@@ -2,9 +2,15 @@
 
     python tools/inspect_records.py DIR                      # one JSON line per iteration
     python tools/inspect_records.py DIR --dump EPISODE_ID    # one episode, turn by turn
+    python tools/inspect_records.py DIR --actions            # each episode as action letters
 
-DIR is a workdir, its data/ directory, or one iter_NNN directory. Only manifest-listed
+DIR is a workdir, its data/ directory, or one iter_NNN directory (or an eval/iter_NNN one). Only manifest-listed
 shards are read (as the trainer reads them); a damaged shard is reported, naming the file.
+
+Action letters (--actions), one per turn, upper case where the teacher's action was executed
+and lower case where the student's was: V view, E an edit the editor applied, R an edit it
+refused (an `old_str` not in the file), C create, I insert, T the task's test command, B any
+other shell command, F finish, P an unparseable reply; then + (resolved) or - (not).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dagger_jax.agent import parse_action
 from dagger_jax.data.examples import plan_examples
 from dagger_jax.data.records import EpisodeRecord, RecordError
 from dagger_jax.data.shards import (
@@ -89,6 +96,53 @@ def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[s
     }
 
 
+_EDITOR_LETTERS = {"view": "V", "create": "C", "insert": "I"}
+
+
+def action_letter(action: str, observation: str, test_command: str | None) -> str:
+    """One executed action as a letter (the module docstring lists them)."""
+    parsed = parse_action(action)
+    if not parsed.ok:
+        return "P"
+    call = parsed.call
+    if call.name == "finish":
+        return "F"
+    if call.name == "execute_bash":
+        command = call.params.get("command", "")
+        return "T" if command == test_command or "pytest" in command else "B"
+    command = call.params.get("command")
+    if command == "str_replace":
+        return "R" if observation.startswith("ERROR") else "E"
+    return _EDITOR_LETTERS.get(command, "?")
+
+
+def action_codes(record: EpisodeRecord, test_command: str | None = None) -> str:
+    """The episode as letters, lower case for the student's executed turns, then + or -."""
+    messages = record.messages
+    assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    letters = []
+    for turn, i in zip(record.turns, assistant):
+        after = messages[i + 1] if i + 1 < len(messages) else {}
+        observation = (after.get("content") or "") if after.get("role") == "tool" else ""
+        letter = action_letter(messages[i]["content"] or "", observation, test_command)
+        letters.append(letter.lower() if turn.executor == "student" else letter)
+    return "".join(letters) + ("+" if record.outcome.resolved else "-")
+
+
+def first_edit_summary(codes: list[str]) -> dict[str, Any]:
+    """How the first edit of each episode went, and what came of a refused one."""
+    firsts = [next((c for c in code if c.upper() in "ER"), None) for code in codes]
+    refused = [code for code, first in zip(codes, firsts) if first is not None and first.upper() == "R"]
+    return {
+        "episodes": len(codes),
+        "first_edit_applied": sum(f is not None and f.upper() == "E" for f in firsts),
+        "first_edit_refused": len(refused),
+        "no_edit": sum(f is None for f in firsts),
+        "resolved": sum(code.endswith("+") for code in codes),
+        "resolved_after_refused_first_edit": sum(code.endswith("+") for code in refused),
+    }
+
+
 def _indent(text: str) -> str:
     return textwrap.indent(text, "    ", lambda line: True) if text else "    (empty)"
 
@@ -131,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="a workdir, its data/ dir, or one iter_NNN dir")
     parser.add_argument("--dump", metavar="EPISODE_ID", help="print this episode as text")
+    parser.add_argument("--actions", action="store_true",
+                        help="print each episode as action letters, then a first-edit summary "
+                             "per iteration directory")
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         print(f"inspect_records: {args.dir} is not a directory", file=sys.stderr)
@@ -150,7 +207,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"inspect_records: no episode {args.dump!r} under {args.dir}", file=sys.stderr)
             return 1
         for directory in dirs:
-            print(json.dumps(iteration_stats(directory, iter_records(directory))), flush=True)
+            if args.actions:
+                codes = []
+                for record in iter_records(directory):
+                    codes.append(action_codes(record))
+                    print(f"{record.episode_id}\t{codes[-1]}")
+                print(json.dumps({"dir": str(directory), **first_edit_summary(codes)}), flush=True)
+            else:
+                print(json.dumps(iteration_stats(directory, iter_records(directory))), flush=True)
     except (ShardError, RecordError, OSError) as e:
         print(f"inspect_records: {e}", file=sys.stderr)
         return 1

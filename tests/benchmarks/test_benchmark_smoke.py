@@ -104,3 +104,27 @@ def test_decode_benchmark_runs_and_the_cache_changes_no_token():
     assert result["final_prompt_tokens"] == 40 + 3 * (4 + 6)
     assert all(s > 0 for way in result["seconds"].values() for s in way) and result["speedup"] > 0
     assert decode.model_config("configs/local.py:dagger").hidden_size == 128
+
+
+def test_attention_block_benchmark_runs(tmp_path):
+    """benchmarks/attention_block.py on a minuscule config: every block's step is timed."""
+    repo = SCRIPT.parents[1]
+    config = tmp_path / "tiny.py"
+    config.write_text(
+        "from dagger_jax.config_base import load_config_file\n"
+        "def get_config(arg=None):\n"
+        f"    c = load_config_file({str(repo / 'configs' / 'local.py')!r})\n"
+        "    c.model.update(dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,\n"
+        "                        num_attention_heads=2, num_key_value_heads=1, head_dim=8))\n"
+        "    c.train.update(dict(batch_size=1, seq_len=64))\n"
+        "    return c\n")
+    spec = importlib.util.spec_from_file_location("_bench_attention_block", SCRIPT.parent / "attention_block.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.run(str(config), [0, 32], steps=1)
+    assert [r["attention_block"] for r in result["rows"]] == [0, 32]
+    assert result["seq_len"] == 64 and result["rows"][0]["relative_to_first"] == 1.0
+    for row in result["rows"]:
+        assert row["median_step_s"] > 0 and math.isfinite(row["relative_to_first"])
+    with pytest.raises(ValueError, match="does not divide"):
+        module.run(str(config), [48], steps=1)

@@ -99,3 +99,45 @@ def test_a_damaged_shard_is_named(collected, tmp_path: Path) -> None:
     shard.write_bytes(shard.read_bytes()[:1000])
     run = run_tool(tmp_path)
     assert run.returncode == 1 and "w0-00000.arecord" in run.stderr and "truncated" in run.stderr
+
+
+def _tool_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("inspect_records", ROOT / "tools" / "inspect_records.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_action_letters() -> None:
+    from dagger_jax.agent import ToolCall, render_action
+    letter = _tool_module().action_letter
+    editor = lambda **p: render_action(ToolCall("str_replace_editor", {"path": "/testbed/a.py", **p}))
+    test = "python3 -m pytest -rA tests"
+    assert letter(editor(command="view"), "Here's the result of running `cat -n`", test) == "V"
+    edit = editor(command="str_replace", old_str="a", new_str="b")
+    assert letter(edit, "The file /testbed/a.py has been edited.", test) == "E"
+    assert letter(edit, "ERROR: No replacement was performed, old_str `a` did not appear", test) == "R"
+    assert letter(editor(command="create", file_text="x"), "File created", test) == "C"
+    assert letter(render_action(ToolCall("execute_bash", {"command": test})), "", test) == "T"
+    assert letter(render_action(ToolCall("execute_bash", {"command": "ls"})), "", test) == "B"
+    assert letter(render_action(ToolCall("finish", {})), "", test) == "F"
+    assert letter("I will now fix it <function=str_replace_editor", "", test) == "P"
+
+
+def test_first_edit_summary() -> None:
+    summary = _tool_module().first_edit_summary(["VETF+", "VrVETF+", "VrVrPP-", "VppPP-", "vRetF+"])
+    assert summary == {"episodes": 5, "first_edit_applied": 1, "first_edit_refused": 3, "no_edit": 1,
+                       "resolved": 3, "resolved_after_refused_first_edit": 2}
+
+
+def test_actions_lists_every_episode_with_its_executors(collected) -> None:
+    workdir, iterations = collected
+    run = run_tool(iteration_dir(workdir, 1), "--actions")
+    assert run.returncode == 0, run.stderr
+    *episodes, summary = run.stdout.splitlines()
+    codes = dict(line.split("\t") for line in episodes)
+    assert sorted(codes) == sorted(r.episode_id for r in iterations[1])
+    assert codes["job1/special/0"] == "BbbB+"  # teacher, student, student, teacher; resolved
+    assert json.loads(summary)["episodes"] == len(iterations[1])
+    assert json.loads(summary)["no_edit"] == len(iterations[1])
