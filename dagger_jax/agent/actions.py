@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from dagger_jax.agent.observations import (
     describe_parameters,
     format_error_observation,
+    format_observation,
     format_reminder,
 )
 from dagger_jax.agent.tools import DEFAULT_TOOLS, RESERVED_TAGS, ToolSpec, tool_by_name
@@ -66,6 +67,13 @@ class ParsedAction:
     def ok(self) -> bool:
         """True when a valid call was found."""
         return self.call is not None
+
+    def error_observation(self, max_chars: int | None = None) -> str:
+        """The tool message for an unparsed turn: `error` (already `ERROR: ...`), capped like
+        any observation."""
+        if self.error is None:
+            raise ValueError("error_observation: this action parsed; it has no error")
+        return self.error if max_chars is None else format_observation(self.error, max_chars)
 
 
 def render_action(call: ToolCall, thought: str = "") -> str:

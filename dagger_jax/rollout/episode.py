@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from dagger_jax.agent import format_error_observation, initial_messages, parse_action
+from dagger_jax.agent import initial_messages, parse_action
 from dagger_jax.envs.base_image import DEFAULT_RECIPE
 from dagger_jax.envs.editor import StrReplaceEditor
 from dagger_jax.envs.grading import GradeResult, grade
@@ -80,8 +80,8 @@ def run_episode(task: Task, policy: Policy, backend: SandboxBackend, max_turns: 
                     messages.append({"role": "assistant", "content": text})
                     parsed = parse_action(text)
                     if not parsed.ok:
-                        messages.append({"role": "tool", "content": format_error_observation(
-                            parsed.error, max_observation_chars)})
+                        messages.append({"role": "tool",
+                                     "content": parsed.error_observation(max_observation_chars)})
                         continue
                     outcome = execute_call(parsed.call, sandbox, editor, max_observation_chars)
                     if outcome.finished:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dagger_jax.agent import ChatTokenizer, format_error_observation, initial_messages, parse_action
+from dagger_jax.agent import ChatTokenizer, initial_messages, parse_action
 from dagger_jax.agent.prompts import PROMPT_STYLES
 from dagger_jax.data.records import EpisodeRecord, Outcome, TurnRecord
 from dagger_jax.envs.editor import StrReplaceEditor
@@ -191,7 +191,7 @@ class _Episode:
         cap = self.settings.max_observation_chars
         if not parsed.ok:
             self.turns[-1].parse_ok = False
-            observation = format_error_observation(parsed.error, cap)
+            observation = parsed.error_observation(cap)
         else:
             start = time.perf_counter()
             outcome = await asyncio.to_thread(execute_call, parsed.call, sandbox, self.editor, cap)

@@ -278,3 +278,14 @@ def test_specs_cover_the_issue_tools() -> None:
         "new_str",
     )
     assert names["execute_bash"].to_openai()["function"]["parameters"]["required"] == ["command"]
+
+
+def test_error_observation_is_the_error_once_and_capped() -> None:
+    parsed = parse_action("I am not sure what to do.")
+    assert parsed.error_observation() == parsed.error
+    assert parsed.error_observation().count("ERROR:") == 1
+    long = parse_action("I am not sure. " * 40 + "<function=finish>\n<parameter=x>\n")
+    capped = long.error_observation(200)
+    assert len(long.error) > 200 >= len(capped) and capped.startswith("ERROR: ")
+    with pytest.raises(ValueError, match="has no error"):
+        parse_action(_fn("finish")).error_observation()

@@ -192,5 +192,9 @@ def test_a_stuck_student_ends_its_episode_and_a_repeated_action_that_progresses_
             one, student=student, teacher=None, chat=chat, backend=bwrap_backend))
         record = EpisodeSource(tmp_path / name)[0]
         assert (record.outcome.end_reason, len(record.turns), student.calls) == (reason, turns, turns)
+        if name == "stuck":  # the parse error, prefixed once, with the format reminder
+            error = record.messages[3]["content"]
+            assert error.startswith("ERROR: your message contains no tool call.") and error.count("ERROR") == 1
+            assert "<function=TOOL_NAME>" in error
     with pytest.raises(ValueError, match="stuck_repeats must be 0 \\(off\\) or >= 2"):
         EpisodeSettings(stuck_repeats=1)
