@@ -1,16 +1,17 @@
-"""Statistics of collected episode records, per iteration, or one episode as readable text.
+"""Collected episode records: statistics per iteration, one episode as text, or action letters.
 
     python tools/inspect_records.py DIR                      # one JSON line per iteration
     python tools/inspect_records.py DIR --dump EPISODE_ID    # one episode, turn by turn
     python tools/inspect_records.py DIR --actions            # each episode as action letters
 
-DIR is a workdir, its data/ directory, or one iter_NNN directory (or an eval/iter_NNN one). Only manifest-listed
-shards are read (as the trainer reads them); a damaged shard is reported, naming the file.
+DIR is a workdir, its data/ directory, or one iter_NNN directory (data/ or eval/). Only
+manifest-listed shards are read (as the trainer reads them); a damaged shard is reported,
+naming the file.
 
 Action letters (--actions), one per turn, upper case where the teacher's action was executed
 and lower case where the student's was: V view, E an edit the editor applied, R an edit it
-refused (an `old_str` not in the file), C create, I insert, T the task's test command, B any
-other shell command, F finish, P an unparseable reply; then + (resolved) or - (not).
+refused (an `old_str` not in the file), C create, I insert, T a test run (any pytest command),
+B any other shell command, F finish, P an unparseable reply; then + (resolved) or - (not).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ _EDITOR_LETTERS = {"view": "V", "create": "C", "insert": "I"}
 
 
 def action_letter(action: str, observation: str, test_command: str | None) -> str:
-    """One executed action as a letter (the module docstring lists them)."""
+    """One executed action as a letter (the module docstring lists them); `test_command`, if
+    given, also counts as a test run."""
     parsed = parse_action(action)
     if not parsed.ok:
         return "P"
