@@ -100,9 +100,8 @@ def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[s
 _EDITOR_LETTERS = {"view": "V", "create": "C", "insert": "I"}
 
 
-def action_letter(action: str, observation: str, test_command: str | None) -> str:
-    """One executed action as a letter (the module docstring lists them); `test_command`, if
-    given, also counts as a test run."""
+def action_letter(action: str, observation: str) -> str:
+    """One executed action as a letter (the module docstring lists them)."""
     parsed = parse_action(action)
     if not parsed.ok:
         return "P"
@@ -110,15 +109,14 @@ def action_letter(action: str, observation: str, test_command: str | None) -> st
     if call.name == "finish":
         return "F"
     if call.name == "execute_bash":
-        command = call.params.get("command", "")
-        return "T" if command == test_command or "pytest" in command else "B"
+        return "T" if "pytest" in call.params.get("command", "") else "B"
     command = call.params.get("command")
     if command == "str_replace":
         return "R" if observation.startswith("ERROR") else "E"
     return _EDITOR_LETTERS.get(command, "?")
 
 
-def action_codes(record: EpisodeRecord, test_command: str | None = None) -> str:
+def action_codes(record: EpisodeRecord) -> str:
     """The episode as letters, lower case for the student's executed turns, then + or -."""
     messages = record.messages
     assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
@@ -126,7 +124,7 @@ def action_codes(record: EpisodeRecord, test_command: str | None = None) -> str:
     for turn, i in zip(record.turns, assistant):
         after = messages[i + 1] if i + 1 < len(messages) else {}
         observation = (after.get("content") or "") if after.get("role") == "tool" else ""
-        letter = action_letter(messages[i]["content"] or "", observation, test_command)
+        letter = action_letter(messages[i]["content"] or "", observation)
         letters.append(letter.lower() if turn.executor == "student" else letter)
     return "".join(letters) + ("+" if record.outcome.resolved else "-")
 

@@ -5,9 +5,9 @@ knows what every file should finally contain. Each turn it reads the sandbox (gi
 the files that matter) and takes the next step of a plain plan: repair damage (restore deleted
 or broken files, remove junk), view the file with the bug (again after a refused edit, unless
 the refusal showed the lines to replace), make the fix with one small str_replace, run the
-tests, finish. Because it decides from the sandbox,
-not from its own past, it recovers from whatever state a student leaves: a wrong edit, a
-deleted file, broken syntax, edited tests, a premature test run.
+tests, finish. Because it decides from the sandbox, not from its own past, it recovers from
+whatever state a student leaves: a wrong edit, a deleted file, broken syntax, edited tests, a
+premature test run.
 """
 
 from __future__ import annotations

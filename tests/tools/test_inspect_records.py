@@ -113,16 +113,16 @@ def test_action_letters() -> None:
     from dagger_jax.agent import ToolCall, render_action
     letter = _tool_module().action_letter
     editor = lambda **p: render_action(ToolCall("str_replace_editor", {"path": "/testbed/a.py", **p}))
-    test = "python3 -m pytest -rA tests"
-    assert letter(editor(command="view"), "Here's the result of running `cat -n`", test) == "V"
+    test = "python3 -m pytest -rA tests"  # the synthetic tasks' command has this shape
+    assert letter(editor(command="view"), "Here's the result of running `cat -n`") == "V"
     edit = editor(command="str_replace", old_str="a", new_str="b")
-    assert letter(edit, "The file /testbed/a.py has been edited.", test) == "E"
-    assert letter(edit, "ERROR: No replacement was performed, old_str `a` did not appear", test) == "R"
-    assert letter(editor(command="create", file_text="x"), "File created", test) == "C"
-    assert letter(render_action(ToolCall("execute_bash", {"command": test})), "", test) == "T"
-    assert letter(render_action(ToolCall("execute_bash", {"command": "ls"})), "", test) == "B"
-    assert letter(render_action(ToolCall("finish", {})), "", test) == "F"
-    assert letter("I will now fix it <function=str_replace_editor", "", test) == "P"
+    assert letter(edit, "The file /testbed/a.py has been edited.") == "E"
+    assert letter(edit, "ERROR: No replacement was performed, old_str `a` did not appear") == "R"
+    assert letter(editor(command="create", file_text="x"), "File created") == "C"
+    assert letter(render_action(ToolCall("execute_bash", {"command": test})), "") == "T"
+    assert letter(render_action(ToolCall("execute_bash", {"command": "ls"})), "") == "B"
+    assert letter(render_action(ToolCall("finish", {})), "") == "F"
+    assert letter("I will now fix it <function=str_replace_editor", "") == "P"
 
 
 def test_first_edit_summary() -> None:
