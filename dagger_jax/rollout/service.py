@@ -2,15 +2,18 @@
 
     python -m dagger_jax.rollout.service --port 8300 [--host 127.0.0.1]
 
-    POST /jobs        a job (below) -> 202 {job_id, state, ...}; the same job again -> its status
-    GET  /jobs/<id>   {job_id, state: running|done|failed, stats, report | error}
+    POST /jobs        a job (below) -> 202 {job_id, out_dir, state, ...}; the same job again -> its status
+    GET  /jobs/<id>?out_dir=DIR   {job_id, out_dir, state: running|done|failed, stats, report | error}
     GET  /health      {"ok": true, "jobs": N}
 
 A job is JSON: {"job": CollectionJob fields, "tasks_path": JSONL of tasks, "tokenizer_path":
 the student's tokenizer dir, "sandbox": "bwrap"|"docker", "student": actor spec, "teacher":
 actor spec, "concurrency": N, "records_per_shard": N}; shards go to job.out_dir (shared
-storage). Job ids are idempotent: resubmitting a running or finished job returns its status
-and starts nothing; a different job under a used id is refused (409). Because the collector
+storage). A job is known by its id and its out_dir, so several runs (each its own out_dirs) can
+share one service although every run names its jobs `iter001`, `iter002`, ...; without
+`?out_dir=` a status request names the only job with that id. Submitting is idempotent:
+resubmitting a running or finished job returns its status and starts nothing; a different job
+under a used id and out_dir is refused (409). Because the collector
 skips episodes already listed in out_dir, a job resubmitted to a restarted service (after
 the old one was killed) finishes the iteration with no episode lost or collected twice.
 """
@@ -78,13 +81,19 @@ class _Running:
         self.task: asyncio.Task | None = None
 
     def status(self) -> dict[str, Any]:
-        return {"job_id": self.spec.job.job_id, "state": self.state, "stats": self.stats.snapshot(),
+        return {"job_id": self.spec.job.job_id, "out_dir": self.spec.job.out_dir,
+                "state": self.state, "stats": self.stats.snapshot(),
                 "report": self.report, "error": self.error}
+
+
+def job_key(spec: ServiceJob) -> tuple[str, str]:
+    """What names a job in the service: its id and where its shards go."""
+    return spec.job.job_id, spec.job.out_dir
 
 
 class RolloutService:
     def __init__(self) -> None:
-        self.jobs: dict[str, _Running] = {}
+        self.jobs: dict[tuple[str, str], _Running] = {}
         self._backends: dict[str, Any] = {}
         self._tokenizers: dict[str, ChatTokenizer] = {}
 
@@ -99,10 +108,17 @@ class RolloutService:
         return web.json_response({"ok": True, "jobs": len(self.jobs)})
 
     async def status(self, request: web.Request) -> web.Response:
-        running = self.jobs.get(request.match_info["job_id"])
-        if running is None:
-            return web.json_response({"error": f"no job {request.match_info['job_id']!r}"}, status=404)
-        return web.json_response(running.status())
+        job_id, out_dir = request.match_info["job_id"], request.query.get("out_dir")
+        named = [r for (i, o), r in self.jobs.items() if i == job_id and out_dir in (None, o)]
+        if not named:
+            where = f" with out_dir {out_dir!r}" if out_dir is not None else ""
+            return web.json_response({"error": f"no job {job_id!r}{where}"}, status=404)
+        if len(named) > 1:
+            return web.json_response(
+                {"error": f"{len(named)} jobs are named {job_id!r} (out_dirs "
+                          f"{sorted(r.spec.job.out_dir for r in named)}): add ?out_dir="},
+                status=400)
+        return web.json_response(named[0].status())
 
     async def submit(self, request: web.Request) -> web.Response:
         try:
@@ -112,10 +128,11 @@ class RolloutService:
         except ValueError as e:
             return web.json_response({"error": str(e)}, status=400)
         job_id = spec.job.job_id
-        existing = self.jobs.get(job_id)
+        existing = self.jobs.get(job_key(spec))
         if existing is not None:
             if existing.spec != spec:
-                return web.json_response({"error": f"job id {job_id!r} is already used by a "
+                return web.json_response({"error": f"job id {job_id!r} with out_dir "
+                                                   f"{spec.job.out_dir!r} is already used by a "
                                                    "different job"}, status=409)
             if existing.state != "failed":
                 return web.json_response(existing.status())
@@ -124,7 +141,7 @@ class RolloutService:
             inputs = await asyncio.to_thread(self._prepare, spec)
         except (ValueError, FileNotFoundError, OSError) as e:
             return web.json_response({"error": f"job {job_id}: {e}"}, status=400)
-        self.jobs[job_id] = running
+        self.jobs[job_key(spec)] = running
         running.task = asyncio.get_running_loop().create_task(self._run(running, *inputs))
         return web.json_response(running.status(), status=202)
 

@@ -28,14 +28,14 @@ class RolloutServiceClient:
         self.poll_s = poll_s
 
     async def _request(self, session: aiohttp.ClientSession, method: str, path: str,
-                       payload: Any = None) -> tuple[int, dict]:
+                       payload: Any = None, params: dict | None = None) -> tuple[int, dict]:
         # Connection faults retry until the service has been unreachable for too long.
         async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type((aiohttp.ClientConnectionError, asyncio.TimeoutError)),
                 wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
                 stop=stop_after_delay(self.unreachable_timeout_s), reraise=True):
             with attempt:
-                async with session.request(method, self.url + path, json=payload,
+                async with session.request(method, self.url + path, json=payload, params=params,
                                            timeout=aiohttp.ClientTimeout(total=60)) as response:
                     return response.status, await response.json(content_type=None)
         raise AssertionError("unreachable")
@@ -47,7 +47,9 @@ class RolloutServiceClient:
         async with aiohttp.ClientSession() as session:
             await self._submit(session, job)
             while True:
-                code, status = await self._request(session, "GET", f"/jobs/{job_id}")
+                # The out_dir too: other runs sharing the service name their jobs alike.
+                code, status = await self._request(session, "GET", f"/jobs/{job_id}",
+                                                   params={"out_dir": job.job.out_dir})
                 if code == 404:  # the service restarted and forgot the job: submit it again
                     await self._submit(session, job)
                     continue

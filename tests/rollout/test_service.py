@@ -4,6 +4,7 @@ middle of a job after which a new service finishes the iteration with nothing lo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -81,6 +82,26 @@ def test_jobs_over_http_are_idempotent_and_bad_jobs_are_refused(tmp_path, chat_d
         other = ServiceJob(**{**job.__dict__, "concurrency": 3})
         status, body = asyncio.run(post(other.to_json()))
         assert status == 409 and "different job" in body["error"]
+
+        # Another run's job under the same id (every run names its jobs iter001, ...): a job of
+        # its own, with its own shards; a status request must then say which out_dir it means.
+        second_dir = tmp_path / "run2" / "iter_000"
+        second = ServiceJob(**{**job.__dict__, "job": dataclasses.replace(job.job, out_dir=str(second_dir))})
+        second_report = asyncio.run(client.run(second))
+        assert second_report["episodes_written"] == 10 and second_report["episodes_skipped"] == 0
+        assert len(EpisodeSource(second_dir)) == 10 and len(EpisodeSource(tmp_path / "iter_000")) == 10
+
+        async def get(path, **params):
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}{path}", params=params) as r:
+                    return r.status, await r.json()
+
+        status, body = asyncio.run(get(f"/jobs/{job.job.job_id}"))
+        assert status == 400 and "2 jobs are named" in body["error"] and str(second_dir) in body["error"]
+        status, body = asyncio.run(get(f"/jobs/{job.job.job_id}", out_dir=str(second_dir)))
+        assert status == 200 and body["out_dir"] == str(second_dir) and body["report"] == second_report
+        status, body = asyncio.run(get(f"/jobs/{job.job.job_id}", out_dir=str(tmp_path / "nowhere")))
+        assert status == 404 and "nowhere" in body["error"]
         status, body = asyncio.run(post({**job.to_json(), "surprise": 1}))
         assert status == 400 and "unknown keys ['surprise']" in body["error"]
         bad_tasks = service_job(tmp_path, chat_dir, job_id="iter0x")
