@@ -112,6 +112,11 @@ def base_config() -> ml_collections.ConfigDict:
         # A refused str_replace also shows the closest lines of the file (as Aider does). Off:
         # OpenHands' message, the one the paper's teacher and student see.
         edit_miss_hint=False,
+        # A student reply without a well-formed tool call is not executed: the teacher's label
+        # at that state is (the teacher takes the turn), so no state the student is later
+        # labelled on holds its malformed text. Action-label recipes only. Off: the paper's
+        # rule (every student reply is executed).
+        takeover_unparseable=False,
         # With a label budget, train on whole episodes (in id order) up to each iteration's
         # budget: the episodes still running when it was reached are stored, not trained on.
         cap_trained_labels=True,

@@ -250,6 +250,12 @@ class Loop:
                 "config.loop.label_budget=0 (and label_budgets='') and bound collection with "
                 "config.loop.tasks_per_iteration")
         self._settings(loop.max_turns)  # the episode settings are checked before anything runs
+        if loop.takeover_unparseable and self.recipe.label != "action":
+            raise ValueError(
+                f"config.loop.takeover_unparseable=True but recipe {self.recipe.name!r} gets "
+                f"{'log-probs' if self.recipe.label == 'logprobs' else 'no labels'} from the "
+                "teacher: a takeover executes the teacher's action label, which only the "
+                "action-label recipes (sft, rs_sft, dagger, aggrevate) ask for")
         if not (loop.earlier_epochs == -1 or 0 <= loop.earlier_epochs <= loop.epochs):
             raise ValueError(f"config.loop.earlier_epochs={loop.earlier_epochs} must be -1 (all "
                              f"epochs) or between 0 and config.loop.epochs={loop.epochs}")
@@ -325,8 +331,9 @@ class Loop:
 
     def _rule(self, iteration: int) -> RolloutRule:
         loop = self.config.loop
-        return self.recipe.rollout_rule(self.beta(iteration),
+        rule = self.recipe.rollout_rule(self.beta(iteration),
                                         loop.prefix_start + loop.prefix_step * (iteration - 1))
+        return dataclasses.replace(rule, takeover_unparseable=bool(loop.takeover_unparseable))
 
     def _tasks_of(self, iteration: int) -> list[Task]:
         """This iteration's training tasks: a window that walks through the task set."""

@@ -130,6 +130,7 @@ class _Episode:
         state = TurnState(self.task, self.encoder.messages, tuple(prompt), sandbox, self.episode_id,
                           seed=turn_seed(self.seed, index))
         label: Action | None = None
+        student_latency_s: float | None = None
         if executor == TEACHER:
             try:
                 executed = label = await self._call(self.teacher, TEACHER, state)
@@ -154,6 +155,12 @@ class _Episode:
                     self.stats.count("teacher_failures")
                 else:
                     label = results[1]
+            if (self.rule.takeover_unparseable and label is not None
+                    and not parse_action(executed.text).ok):
+                # The teacher takes the turn: its label is executed (a teacher turn whose record
+                # keeps the student's latency, the sign that the student was asked first).
+                student_latency_s, executor, executed = executed.latency_s, TEACHER, label
+                self.stats.count("student_takeovers")
         ids = executed_ids(self.chat, executed)
         try:
             text = self.encoder.append_generated(ids)
@@ -179,7 +186,7 @@ class _Episode:
             label_ids=(self.encoder.ids[start:end] if executor == TEACHER
                        else label_ids(self.chat, label.text) if label else []),
             sample_logprobs=list(executed.logprobs), teacher_logprobs=teacher_logprobs,
-            student_latency_s=executed.latency_s if executor == STUDENT else None,
+            student_latency_s=executed.latency_s if executor == STUDENT else student_latency_s,
             teacher_latency_s=label.latency_s if label else None,
             parse_ok=True, finish_reason=executed.finish_reason))
         self.stats.count("turns")

@@ -22,11 +22,15 @@ LABEL_MODES = ("action", "logprobs", "none")
 class RolloutRule:
     """beta: the teacher's probability per turn (coin). student_prefix: when set, turns before
     it are the student's and the rest the teacher's (no coin). label: `action` (the teacher's
-    action at every state), `logprobs` (the teacher's log-probs of the executed tokens), `none`."""
+    action at every state), `logprobs` (the teacher's log-probs of the executed tokens), `none`.
+    takeover_unparseable: a student reply with no well-formed tool call is not executed; the
+    teacher's label at that state is, so no later state holds the student's malformed text
+    (label `action` only; off: the paper's rule, every student reply is executed)."""
 
     beta: float = 0.0
     student_prefix: int | None = None
     label: str = "action"
+    takeover_unparseable: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta <= 1.0:
@@ -35,6 +39,9 @@ class RolloutRule:
             raise ValueError(f"RolloutRule.student_prefix must be >= 0, got {self.student_prefix!r}")
         if self.label not in LABEL_MODES:
             raise ValueError(f"RolloutRule.label {self.label!r} not in {LABEL_MODES}")
+        if self.takeover_unparseable and self.label != "action":
+            raise ValueError(f"RolloutRule.takeover_unparseable needs the teacher's action as "
+                             f"label (label 'action'), not {self.label!r}")
 
     @property
     def needs_teacher(self) -> bool:

@@ -91,6 +91,9 @@ def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
                          teacher_endpoints="http://t:1"), tmp_path, None, None)
     with pytest.raises(ValueError, match="stuck_repeats must be 0"):
         Loop(loop_config("sft", stuck_repeats=-1), tmp_path, None, None)
+    with pytest.raises(ValueError, match="takeover_unparseable=True but recipe 'grpo' gets no "
+                                         "labels.*only the action-label recipes"):
+        Loop(loop_config("grpo", takeover_unparseable=True), tmp_path, None, None)
     with pytest.raises(ValueError, match=r"earlier_epochs=3 must be -1 \(all epochs\) or "
                                          r"between 0 and config.loop.epochs=2"):
         Loop(loop_config("dagger", epochs=2, earlier_epochs=3), tmp_path, None, None)

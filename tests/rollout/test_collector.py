@@ -198,3 +198,44 @@ def test_a_stuck_student_ends_its_episode_and_a_repeated_action_that_progresses_
             assert "<function=TOOL_NAME>" in error
     with pytest.raises(ValueError, match="stuck_repeats must be 0 \\(off\\) or >= 2"):
         EpisodeSettings(stuck_repeats=1)
+
+
+def test_takeover_executes_the_teachers_label_in_place_of_an_unparseable_student_reply(
+        tmp_path, chat, bwrap_backend):
+    class HalfMumbler(Looker):  # every other reply unparseable, the others a well-formed `ls`
+        mumbled = 0
+
+        async def act(self, state) -> Action:
+            if self.calls % 2 == 0:
+                self.calls += 1
+                self.mumbled += 1
+                return Action("I am not sure what to", None)
+            return await super().act(state)
+
+    tasks = dict(list(TASKS.items())[:3])
+    student = HalfMumbler()
+    rule = RolloutRule(beta=0.0, takeover_unparseable=True)
+    report = asyncio.run(collect(
+        CollectionJob(job_id="takeover", iteration=0, rule=rule, task_ids=tuple(tasks),
+                      out_dir=str(tmp_path / "takeover"), settings=EpisodeSettings(max_turns=12)),
+        tasks, student=student, teacher=ExpertActor(ScriptedExpert()), chat=chat,
+        backend=bwrap_backend))
+    records = list(EpisodeSource(tmp_path / "takeover"))
+    turns = [t for r in records for t in r.turns]
+    takeovers = [t for t in turns if t.executor == "teacher"]
+    # beta 0: the student is asked at every state; each unparseable reply became a teacher turn
+    # (its label executed, the student's latency kept), and no state holds the mumbled text.
+    assert student.calls == len(turns) == report.stats["student_calls"]
+    assert len(takeovers) == report.stats["student_takeovers"] == student.mumbled > 0
+    assert all(t.student_latency_s is not None and t.parse_ok for t in takeovers)
+    for r in records:
+        assert not any("I am not sure" in m["content"] for m in r.messages)
+        for t in r.turns:
+            if t.executor == "teacher":
+                assert r.trunk_ids[t.prompt_len:t.executed_end] == t.label_ids
+            else:
+                assert "ls" in t.executed_text and t.label_text != t.executed_text
+    # The teacher's edits, executed on the takeovers, solve every task.
+    assert report.resolved == 3 and all(r.outcome.resolved for r in records)
+    with pytest.raises(ValueError, match="takeover_unparseable needs the teacher's action"):
+        RolloutRule(beta=0.0, label="logprobs", takeover_unparseable=True)
