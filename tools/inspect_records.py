@@ -52,6 +52,7 @@ def record_dirs(path: Path) -> list[Path]:
 
 def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[str, Any]:
     episodes = turns = student = teacher = labelled = failures = unparsed = resolved = 0
+    takeovers = 0
     trunk_tokens = example_tokens = trained_turns = 0
     beta_sum = 0.0
     end_reasons: Counter = Counter()
@@ -60,6 +61,7 @@ def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[s
         turns += len(record.turns)
         student += sum(t.executor == "student" for t in record.turns)
         teacher += sum(t.executor == "teacher" for t in record.turns)
+        takeovers += sum(taken_over(t) for t in record.turns)
         labelled += sum(t.labelled for t in record.turns)
         failures += sum(not t.labelled for t in record.turns)
         unparsed += sum(not t.parse_ok for t in record.turns)
@@ -84,6 +86,7 @@ def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[s
         "teacher_turns": teacher,
         "student_fraction": ratio(student, turns),
         "teacher_fraction": ratio(teacher, turns),
+        "takeovers": takeovers,
         "labelled_turns": labelled,
         "label_failures": failures,
         "unparsed_actions": unparsed,
@@ -95,6 +98,12 @@ def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[s
         "mean_trunk_tokens": ratio(trunk_tokens, episodes),
         "tokens_per_labelled_turn": ratio(example_tokens, trained_turns),
     }
+
+
+def taken_over(turn) -> bool:
+    """A teacher turn executed in place of an unparseable student reply (loop.takeover_unparseable):
+    the student was asked at that state (its latency is recorded), the teacher's label ran."""
+    return turn.executor == "teacher" and turn.student_latency_s is not None
 
 
 _EDITOR_LETTERS = {"view": "V", "create": "C", "insert": "I"}
@@ -169,7 +178,8 @@ def render_episode(record: EpisodeRecord) -> str:
         t = record.turns[turn]
         turn += 1
         parse = "" if t.parse_ok else "  (unparseable action)"
-        lines.append(f"--- [assistant] turn {t.index}: {t.executor}{parse}")
+        took = "  (took over from an unparseable student reply)" if taken_over(t) else ""
+        lines.append(f"--- [assistant] turn {t.index}: {t.executor}{parse}{took}")
         lines.append(_indent(message["content"]))
         if t.executor == "student":
             if t.label_text is None:

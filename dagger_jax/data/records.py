@@ -118,7 +118,9 @@ class TurnRecord:
     generation stopped (stop | length | abort); a turn cut at its token limit was closed with an
     end-of-turn the model did not sample, so its sample_logprobs are one shorter than its ids.
     teacher_logprobs (on-policy distillation) are the teacher's log-probs of all the executed
-    ids, end-of-turn included: empty, or as many as the executed ids.
+    ids, end-of-turn included: empty, or as many as the executed ids. A teacher turn with a
+    student latency is a takeover (loop.takeover_unparseable): the student was asked at that
+    state, its reply did not parse, and the teacher's label was executed instead.
     """
 
     index: int

@@ -26,6 +26,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("workdir")
     iterations = [episode_batch(chat, 6, iteration=0), episode_batch(chat, 4, iteration=1)]
     special, _ = make_episode(chat, "job1/special/0", "tsst", failed=[2], iteration=1, resolved=True)
+    special.turns[3].student_latency_s = 0.25  # a takeover: the student was asked, the teacher ran
     iterations[1].append(special)
     for i, records in enumerate(iterations):
         with ShardWriter(iteration_dir(workdir, i), "w0", 4) as writer:
@@ -53,6 +54,7 @@ def test_statistics_per_iteration(collected) -> None:
         assert sum(line["end_reasons"].values()) == len(records)
         assert line["mean_turns"] == pytest.approx(len(turns) / len(records), abs=1e-3)
         assert line["tokens_per_labelled_turn"] > 0
+    assert [line["takeovers"] for line in lines] == [0, 1]
 
 
 def test_any_level_of_the_layout_works(collected) -> None:
@@ -72,6 +74,8 @@ def test_dump_shows_executors_and_labels(collected) -> None:
     assert "episode job1/special/0" in text and "RESOLVED" in text
     for executor, index in (("teacher", 0), ("student", 1), ("student", 2), ("teacher", 3)):
         assert f"--- [assistant] turn {index}: {executor}" in text
+    assert text.count("took over from an unparseable student reply") == 1
+    assert "turn 3: teacher  (took over" in text
     assert text.count(">>> teacher label:") == 2  # beside the two student turns
     assert "teacher label: FAILED" in text
     # The student's own action, then the teacher's label for that state.
