@@ -61,7 +61,7 @@ def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[s
         turns += len(record.turns)
         student += sum(t.executor == "student" for t in record.turns)
         teacher += sum(t.executor == "teacher" for t in record.turns)
-        takeovers += sum(taken_over(t) for t in record.turns)
+        takeovers += sum(t.taken_over for t in record.turns)
         labelled += sum(t.labelled for t in record.turns)
         failures += sum(not t.labelled for t in record.turns)
         unparsed += sum(not t.parse_ok for t in record.turns)
@@ -98,12 +98,6 @@ def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[s
         "mean_trunk_tokens": ratio(trunk_tokens, episodes),
         "tokens_per_labelled_turn": ratio(example_tokens, trained_turns),
     }
-
-
-def taken_over(turn) -> bool:
-    """A teacher turn executed in place of an unparseable student reply (loop.takeover_unparseable):
-    the student was asked at that state (its latency is recorded), the teacher's label ran."""
-    return turn.executor == "teacher" and turn.student_latency_s is not None
 
 
 _EDITOR_LETTERS = {"view": "V", "create": "C", "insert": "I"}
@@ -178,7 +172,7 @@ def render_episode(record: EpisodeRecord) -> str:
         t = record.turns[turn]
         turn += 1
         parse = "" if t.parse_ok else "  (unparseable action)"
-        took = "  (took over from an unparseable student reply)" if taken_over(t) else ""
+        took = "  (took over from an unparseable student reply)" if t.taken_over else ""
         lines.append(f"--- [assistant] turn {t.index}: {t.executor}{parse}{took}")
         lines.append(_indent(message["content"]))
         if t.executor == "student":

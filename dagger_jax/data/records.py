@@ -161,6 +161,11 @@ class TurnRecord:
     def num_executed(self) -> int:
         return self.executed_end - self.prompt_len
 
+    @property
+    def taken_over(self) -> bool:
+        """A takeover (class docstring): the teacher's label ran where the student's reply did not."""
+        return self.executor == "teacher" and self.student_latency_s is not None
+
 
 @dataclasses.dataclass(kw_only=True)
 class Outcome:

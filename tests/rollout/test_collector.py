@@ -227,7 +227,7 @@ def test_takeover_executes_the_teachers_label_in_place_of_an_unparseable_student
     # (its label executed, the student's latency kept), and no state holds the mumbled text.
     assert student.calls == len(turns) == report.stats["student_calls"]
     assert len(takeovers) == report.stats["student_takeovers"] == student.mumbled > 0
-    assert all(t.student_latency_s is not None and t.parse_ok for t in takeovers)
+    assert all(t.student_latency_s is not None and t.taken_over and t.parse_ok for t in takeovers)
     for r in records:
         assert not any("I am not sure" in m["content"] for m in r.messages)
         for t in r.turns:
