@@ -52,7 +52,7 @@ def record_dirs(path: Path) -> list[Path]:
 
 def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[str, Any]:
     episodes = turns = student = teacher = labelled = failures = unparsed = resolved = 0
-    takeovers = 0
+    takeovers = agreed = 0
     trunk_tokens = example_tokens = trained_turns = 0
     beta_sum = 0.0
     end_reasons: Counter = Counter()
@@ -72,6 +72,7 @@ def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[s
         _, stats = plan_examples(record.turn_summaries(), _NO_LIMIT)
         example_tokens += stats.tokens
         trained_turns += stats.trained_turns
+        agreed += stats.student_turns_in_trunk
 
     def ratio(a: float, b: float) -> float | None:
         return round(a / b, 4) if b else None
@@ -87,6 +88,8 @@ def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[s
         "student_fraction": ratio(student, turns),
         "teacher_fraction": ratio(teacher, turns),
         "takeovers": takeovers,
+        # Student turns that said exactly their label: they train inside the trunk.
+        "student_turns_as_labelled": agreed,
         "labelled_turns": labelled,
         "label_failures": failures,
         "unparsed_actions": unparsed,

@@ -6,10 +6,14 @@ those that train on the student's own sampled tokens (on-policy distillation, GR
 executed student turns. Label targets come in two kinds, following how a label relates to the
 executed trunk:
 
-- teacher_trunk: teacher-executed turns already have their label in the trunk (what the
-  teacher said is what was executed), so all of them share ONE sequence: the trunk up to the
-  end of the last labelled teacher turn, the mask true exactly on those turns' executed tokens.
-- student_turn: a student-executed turn's label differs from what was executed, so it gets its
+- label_trunk: a turn whose executed ids are its label already has its label in the trunk:
+  every teacher-executed turn (what the teacher said is what was executed) and every student
+  turn that said exactly what the teacher would have. All of them share ONE sequence: the trunk
+  up to the end of the last such turn, the mask true exactly on those turns' executed tokens.
+  (A student turn that agrees with its label trains exactly as a teacher turn at that state
+  would: the same context, the same targets. Given its own example it would cost a second copy
+  of the prompt, and a batch of such short examples holds fewer labels than a batch of trunks.)
+- student_turn: a student-executed turn whose label differs from what was executed gets its
   own sequence: the turn's prompt (trunk_ids[:prompt_len]) followed by its label_ids, the mask
   true exactly on the label.
 
@@ -27,12 +31,14 @@ Every example carries loss_weights; for label targets it is 1.0 exactly where th
 so the weighted loss of SFT and DAgger is their cross-entropy to the bit.
 
 An example longer than max_len is never truncated (that would silently cut its targets away):
-a student_turn example is dropped; the teacher trunk ends at the last teacher turn that fits
+a student_turn example is dropped; the label trunk ends at the last of its turns that fits
 and the turns past it are dropped. Either way the dropped labelled turns are counted by reason.
 
 Which examples a record yields, and their lengths, depend only on the record's turn summaries
-([executor, prompt_len, executed_end, label length]); plan_examples works from those, so the
-trainer can plan batches from the shard manifests before reading any record.
+([executor, prompt_len, executed_end, label length, label executed]); plan_examples works from
+those, so the trainer can plan batches from the shard manifests before reading any record. A
+summary without the fifth field (a manifest written before it existed) plans every student turn
+as its own example, as such runs did, so a resumed run keeps its batches.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import numpy as np
 
 from dagger_jax.data.records import EpisodeRecord
 
-TEACHER_TRUNK = "teacher_trunk"
+LABEL_TRUNK = "label_trunk"
 STUDENT_TURN = "student_turn"
 STUDENT_TRUNK = "student_trunk"
 
@@ -59,7 +65,7 @@ TEACHER_LOGPROB_FLOOR = -20.0
 
 # Reasons a labelled turn yields no trained tokens (keys of ExampleStats.dropped).
 DROP_STUDENT_TOO_LONG = "student_example_longer_than_max_len"
-DROP_TEACHER_PAST_MAX_LEN = "teacher_turn_past_max_len"
+DROP_TRUNK_PAST_MAX_LEN = "trunk_turn_past_max_len"
 DROP_STUDENT_PAST_MAX_LEN = "student_turn_past_max_len"
 
 
@@ -113,6 +119,7 @@ class ExampleStats:
     labelled_turns: int = 0
     label_failures: int = 0  # turns whose teacher call failed: no label, no example
     trained_turns: int = 0  # labelled turns whose label is a target of a kept example
+    student_turns_in_trunk: int = 0  # of those, student turns that said their label exactly
     examples: int = 0
     tokens: int = 0  # total length of the kept examples: what training processes
     target_tokens: int = 0  # tokens with the loss mask on
@@ -156,27 +163,28 @@ def plan_examples(
         return _plan_student_trunk(summaries, max_len)
     stats = ExampleStats(episodes=1, turns=len(summaries))
     specs: list[ExampleSpec] = []
-    teacher_turns: list[int] = []
-    teacher_end = teacher_targets = 0
-    for index, (executor, prompt_len, executed_end, label_len) in enumerate(summaries):
+    trunk_turns: list[int] = []
+    trunk_end = trunk_targets = 0
+    for index, summary in enumerate(summaries):
+        executor, prompt_len, executed_end, label_len = summary[:4]
         if label_len is None:
             stats.label_failures += 1
             continue
         stats.labelled_turns += 1
-        if executor == "teacher":
+        if executor == "teacher" or (len(summary) > 4 and summary[4]):
             if executed_end <= max_len:
-                teacher_turns.append(index)
-                teacher_end = executed_end
-                teacher_targets += executed_end - prompt_len
+                trunk_turns.append(index)
+                trunk_end = executed_end
+                trunk_targets += executed_end - prompt_len
+                stats.student_turns_in_trunk += executor != "teacher"
             else:
-                stats.dropped[DROP_TEACHER_PAST_MAX_LEN] += 1
+                stats.dropped[DROP_TRUNK_PAST_MAX_LEN] += 1
         elif prompt_len + label_len <= max_len:
             specs.append(ExampleSpec(STUDENT_TURN, (index,), prompt_len + label_len, label_len))
         else:
             stats.dropped[DROP_STUDENT_TOO_LONG] += 1
-    if teacher_turns:
-        trunk = ExampleSpec(TEACHER_TRUNK, tuple(teacher_turns), teacher_end, teacher_targets)
-        specs.insert(0, trunk)
+    if trunk_turns:
+        specs.insert(0, ExampleSpec(LABEL_TRUNK, tuple(trunk_turns), trunk_end, trunk_targets))
     for spec in specs:
         stats.examples += 1
         stats.trained_turns += len(spec.turns)
@@ -192,7 +200,8 @@ def _plan_student_trunk(
     stats = ExampleStats(episodes=1, turns=len(summaries))
     turns: list[int] = []
     end = targets = 0
-    for index, (executor, prompt_len, executed_end, _) in enumerate(summaries):
+    for index, summary in enumerate(summaries):
+        executor, prompt_len, executed_end = summary[:3]
         if executor != "student":  # not the student's action: nothing to reinforce
             continue
         stats.labelled_turns += 1
@@ -224,11 +233,15 @@ def build_example(record: EpisodeRecord, spec: ExampleSpec, weighting: str = "on
     if weighting != "one":
         raise ValueError(f"a {spec.kind} example trains on the teacher's label: weight one only, "
                          f"not {weighting!r}")
-    if spec.kind == TEACHER_TRUNK:
+    if spec.kind == LABEL_TRUNK:
         ids = np.asarray(trunk[: spec.length], dtype=np.int32)
         mask = np.zeros(spec.length, dtype=bool)
         for index in spec.turns:
             turn = record.turns[index]
+            if turn.label_ids != trunk[turn.prompt_len : turn.executed_end]:
+                raise ValueError(
+                    f"episode {record.episode_id!r}: turn {index} of the label trunk did not "
+                    "execute its label (record and plan disagree)")
             mask[turn.prompt_len : turn.executed_end] = True
     elif spec.kind == STUDENT_TURN:
         (index,) = spec.turns
@@ -288,7 +301,7 @@ def _build_student_trunk(record: EpisodeRecord, spec: ExampleSpec, weighting: st
 
 def build_examples(record: EpisodeRecord, max_len: int, weighting: str = "one",
                    advantage: float = 0.0) -> tuple[list[Example], ExampleStats]:
-    """All examples of record within max_len (teacher trunk first, then student turns in order;
+    """All examples of record within max_len (label trunk first, then student turns in order;
     for the on-policy weightings, the one student trunk)."""
     specs, stats = plan_examples(record.turn_summaries(), max_len, target_of(weighting))
     return [build_example(record, spec, weighting, advantage) for spec in specs], stats

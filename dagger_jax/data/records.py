@@ -371,12 +371,16 @@ class EpisodeRecord:
         return self.trunk_ids[: self.turns[turn].prompt_len]
 
     def turn_summaries(self) -> list[list[Any]]:
-        """[executor, prompt_len, executed_end, len(label_ids) or None] per turn.
+        """[executor, prompt_len, executed_end, len(label_ids) or None, label_executed] per turn.
 
-        All that deciding which examples a record yields (and how long they are) needs; the
-        shard manifest stores it, so the trainer plans its batches without reading records.
+        label_executed: the executed ids are the label's (every teacher turn; a student turn
+        that said exactly what the teacher would have). All that deciding which examples a
+        record yields (and how long they are) needs; the shard manifest stores it, so the
+        trainer plans its batches without reading records. (Manifests written before
+        label_executed existed hold the first four fields: data/examples.py reads both.)
         """
         return [
-            [t.executor, t.prompt_len, t.executed_end, len(t.label_ids) if t.labelled else None]
+            [t.executor, t.prompt_len, t.executed_end, len(t.label_ids) if t.labelled else None,
+             t.labelled and t.label_ids == self.trunk_ids[t.prompt_len : t.executed_end]]
             for t in self.turns
         ]

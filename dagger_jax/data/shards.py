@@ -580,5 +580,5 @@ def labelled_turns(dirs: PathLike | Sequence[PathLike]) -> int:
         if summaries is None:
             total += sum(1 for turn in source[key].turns if turn.label_ids)
         else:
-            total += sum(1 for *_, label_len in summaries if label_len)
+            total += sum(1 for summary in summaries if summary[3])
     return total

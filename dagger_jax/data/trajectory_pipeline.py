@@ -369,7 +369,13 @@ class TrajectoryPipeline:
         record = records.get(key)
         if record is None:
             record = records[key] = self.source[key]
-        specs, _ = plan_examples(record.turn_summaries(), self.max_len, self.target)
+        # Planned from the record's own summaries, as many fields of them as the manifest has
+        # (an older manifest plans without the last: data/examples.py).
+        listed = self.source.turn_summaries(key)
+        summaries = record.turn_summaries()
+        if listed:
+            summaries = [s[: len(m)] for s, m in zip(summaries, listed)]
+        specs, _ = plan_examples(summaries, self.max_len, self.target)
         number = int(self._index.number[example])
         if number >= len(specs) or specs[number].length != self._index.length[example]:
             location = self.source.locations[key]

@@ -51,7 +51,8 @@ def make_episode(
     end_reason: str = "finish",
     observation_chars: int = 40,
 ) -> tuple[EpisodeRecord, list[list[int]]]:
-    """An episode whose turn i is executed by executors[i] ('s' student, 't' teacher).
+    """An episode whose turn i is executed by executors[i] ('s' student, 't' teacher, 'a' the
+    student agreeing with the teacher: it executed exactly the label's ids).
 
     Turns in `failed` (student turns) have no label, as when the teacher call failed.
     Returns the record and each turn's generation_prompt_ids() as the encoder gave them.
@@ -67,7 +68,7 @@ def make_episode(
     encoder = chat.conversation(messages)
     turns, prompts = [], []
     for index, who in enumerate(executors):
-        executor = {"s": "student", "t": "teacher"}[who]
+        executor = {"s": "student", "a": "student", "t": "teacher"}[who]
         prompt = encoder.generation_prompt_ids()
         prompts.append(prompt)
         teacher_text = render_action(
@@ -75,8 +76,8 @@ def make_episode(
             rng.choice(THOUGHTS),
         )
         label_ok = index not in failed
-        if executor == "teacher":
-            assert label_ok, "a teacher-executed turn always has its label"
+        if who in "ta":
+            assert label_ok, "a turn that executed its label has the label"
             executed = chat.assistant_turn_ids(teacher_text)
         else:
             student_text = render_action(

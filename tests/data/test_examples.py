@@ -8,10 +8,11 @@ import pytest
 from dagger_jax.agent import ChatTokenizer
 from dagger_jax.data.examples import (
     DROP_STUDENT_TOO_LONG,
-    DROP_TEACHER_PAST_MAX_LEN,
+    DROP_TRUNK_PAST_MAX_LEN,
+    LABEL_TRUNK,
     STUDENT_TURN,
-    TEACHER_TRUNK,
     ExampleStats,
+    build_example,
     build_examples,
     examples_from_records,
     plan_examples,
@@ -41,7 +42,7 @@ def test_kinds_and_order(episode) -> None:
     record, _ = episode
     examples, stats = build_examples(record, BIG)
     assert [(e.kind, e.turns) for e in examples] == [
-        (TEACHER_TRUNK, (0, 3, 5)),
+        (LABEL_TRUNK, (0, 3, 5)),
         (STUDENT_TURN, (1,)),
         (STUDENT_TURN, (4,)),
     ]
@@ -116,8 +117,37 @@ def test_failed_labels_yield_nothing(chat: ChatTokenizer) -> None:
 def test_all_teacher_episode_is_one_example(chat: ChatTokenizer) -> None:
     record, _ = make_episode(chat, "job0/task_c/0", "ttt")
     (example,), stats = build_examples(record, BIG)
-    assert example.kind == TEACHER_TRUNK and example.turns == (0, 1, 2)
+    assert example.kind == LABEL_TRUNK and example.turns == (0, 1, 2)
     assert stats.tokens_per_labelled_turn == pytest.approx(len(example) / 3)
+
+
+def test_student_turns_that_said_their_label_train_in_the_trunk(chat: ChatTokenizer) -> None:
+    record, prompts = make_episode(chat, "job0/task_e/0", "tasat", full_prompt=True)
+    examples, stats = build_examples(record, BIG)
+    # Turns 1 and 3 executed their label: no example of their own, targets inside the trunk.
+    assert [(e.kind, e.turns) for e in examples] == [(LABEL_TRUNK, (0, 1, 3, 4)),
+                                                     (STUDENT_TURN, (2,))]
+    trunk = examples[0]
+    in_trunk = [record.turns[i] for i in (0, 1, 3, 4)]
+    assert _runs(trunk.loss_mask) == [(t.prompt_len, t.executed_end) for t in in_trunk]
+    assert trunk.ids[trunk.loss_mask].tolist() == [i for t in in_trunk for i in t.label_ids]
+    for t in in_trunk:  # each target after exactly the prompt that turn was generated from
+        assert trunk.ids[: t.prompt_len].tolist() == prompts[t.index]
+    assert (stats.trained_turns, stats.student_turns_in_trunk, stats.examples) == (5, 2, 2)
+    # A manifest written before the fifth summary field plans each student turn alone.
+    old = [summary[:4] for summary in record.turn_summaries()]
+    specs, old_stats = plan_examples(old, BIG)
+    assert [(s.kind, s.turns) for s in specs] == [
+        (LABEL_TRUNK, (0, 4)), (STUDENT_TURN, (1,)), (STUDENT_TURN, (2,)), (STUDENT_TURN, (3,))]
+    assert old_stats.student_turns_in_trunk == 0 and old_stats.trained_turns == 5
+
+
+def test_a_record_whose_trunk_turn_is_not_its_label_is_refused(chat: ChatTokenizer) -> None:
+    record, _ = make_episode(chat, "job0/task_f/0", "ta")
+    specs, _ = plan_examples(record.turn_summaries(), BIG)
+    record.turns[1].label_ids = list(reversed(record.turns[1].label_ids))
+    with pytest.raises(ValueError, match="turn 1 of the label trunk did not execute its label"):
+        build_example(record, specs[0])
 
 
 def test_too_long_examples_are_dropped_and_counted_never_cut(episode) -> None:
@@ -127,10 +157,10 @@ def test_too_long_examples_are_dropped_and_counted_never_cut(episode) -> None:
     max_len = max(turns[3].executed_end, turns[1].prompt_len + len(turns[1].label_ids))
     assert max_len < turns[4].prompt_len + len(turns[4].label_ids) and max_len < turns[5].executed_end
     examples, stats = build_examples(record, max_len)
-    assert [(e.kind, e.turns) for e in examples] == [(TEACHER_TRUNK, (0, 3)), (STUDENT_TURN, (1,))]
+    assert [(e.kind, e.turns) for e in examples] == [(LABEL_TRUNK, (0, 3)), (STUDENT_TURN, (1,))]
     assert all(len(e) <= max_len for e in examples)
     assert examples[0].ids.tolist() == record.trunk_ids[: turns[3].executed_end]
-    assert stats.dropped == {DROP_STUDENT_TOO_LONG: 1, DROP_TEACHER_PAST_MAX_LEN: 1}
+    assert stats.dropped == {DROP_STUDENT_TOO_LONG: 1, DROP_TRUNK_PAST_MAX_LEN: 1}
     assert stats.trained_turns == 3 and stats.labelled_turns == 5
     # Every trained example still ends with a whole label.
     for e in examples:
