@@ -66,6 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
         # one that contradicts the recipe is an error.
         objective="",
         clip_eps=0.2,        # GRPO: the ratio is clipped to [1 - clip_eps, 1 + clip_eps]
+        # The gradient's normaliser: 0 = each batch's own target-token count (the mean per
+        # token); N > 0 = the summed loss over N tokens, so a batch with fewer targets takes a
+        # proportionally smaller step (train/train_step.py).
+        loss_tokens=0,
         # On-policy objectives: log-probs over ids below this only, as the sampler that recorded
         # theirs (0: the whole vocabulary; the loop sets the tokenizer's size when it samples
         # with the local JAX sampler, which never samples the padded ids past it).

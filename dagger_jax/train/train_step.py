@@ -57,7 +57,7 @@ def loss_sums(model: Qwen3ForCausalLM, params: Any, batch: dict, loss_chunk: int
 def make_train_step(model: Qwen3ForCausalLM, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, grad_accum: int, loss_chunk: int,
                     objective: str = "one", clip_eps: float = 0.2,
-                    vocab_limit: int = 0) -> Callable:
+                    vocab_limit: int = 0, loss_tokens: float = 0.0) -> Callable:
     """Returns step(state, batch) -> (state, metrics); batch holds batch_keys(objective).
 
     The loss is normalised per target token over the whole global batch, for every objective
@@ -75,11 +75,19 @@ def make_train_step(model: Qwen3ForCausalLM, optimizer: optax.GradientTransforma
     of log pi_sampler - log pi_teacher over the scored tokens: a per-token reverse-KL estimate)
     or ratio (mean r_t) and clip_fraction (tokens whose clipped term is the smaller).
     vocab_limit: the on-policy objectives' log-probs over ids below it only (train/loss.py).
+    loss_tokens > 0: the gradient is the summed loss over that fixed number of tokens instead
+    of over the batch's own target count, so a batch holding fewer targets (per-turn examples,
+    short labels) moves the weights proportionally less, and what one epoch does to the weights
+    no longer depends on how the examples were cut into rows. The logged loss stays the mean
+    per target token either way.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"train objective {objective!r} not in {OBJECTIVES}")
     if objective == "group_advantage" and not 0.0 < clip_eps < 1.0:
         raise ValueError(f"train.clip_eps must be in (0, 1), got {clip_eps}")
+    if loss_tokens < 0:
+        raise ValueError(f"train.loss_tokens must be >= 0 (0: each batch's own target count), "
+                         f"got {loss_tokens}")
 
     def grads_of(params, micro):
         def loss_fn(p):
@@ -112,7 +120,8 @@ def make_train_step(model: Qwen3ForCausalLM, optimizer: optax.GradientTransforma
             (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), micros)
         count = sums["count"]
         denominator = jnp.maximum(count, 1.0)
-        grads = jax.tree_util.tree_map(lambda g: g / denominator, grads)
+        grad_denominator = denominator if loss_tokens == 0 else jnp.float32(loss_tokens)
+        grads = jax.tree_util.tree_map(lambda g: g / grad_denominator, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {

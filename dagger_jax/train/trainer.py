@@ -80,7 +80,8 @@ class Trainer:
         step = make_train_step(self.model, self.optimizer, self.schedule,
                                config.train.grad_accum, config.train.loss_chunk,
                                objective=self.objective, clip_eps=config.train.clip_eps,
-                               vocab_limit=config.train.vocab_limit)
+                               vocab_limit=config.train.vocab_limit,
+                               loss_tokens=config.train.loss_tokens)
         self._step = jit_train_step(step, self.mesh, self.shardings, self.batch_keys)
         self.last_metrics: dict[str, float] = {}  # the last logged step's, for callers to report
         self._init_state = jit_init_state(self.optimizer, self.shardings)

@@ -70,7 +70,7 @@ def test_chunked_loss_equals_full_logits_loss():
     assert count == batch["loss_mask"].sum()
 
 
-def _run_steps(mesh, batch, grad_accum=1, steps=2):
+def _run_steps(mesh, batch, grad_accum=1, steps=2, loss_tokens=0):
     optimizer, schedule = make_optimizer(train_config())
     model = Qwen3ForCausalLM(CONFIG)
     abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
@@ -78,8 +78,8 @@ def _run_steps(mesh, batch, grad_accum=1, steps=2):
     shardings = state_shardings(mesh, QWEN3_RULES, abstract)
     params = jax.device_put(init_params(CONFIG, jax.random.key(0)), shardings.params)
     state = jit_init_state(optimizer, shardings)(params)
-    step = jit_train_step(make_train_step(model, optimizer, schedule, grad_accum, loss_chunk=8),
-                          mesh, shardings)
+    step = jit_train_step(make_train_step(model, optimizer, schedule, grad_accum, loss_chunk=8,
+                                          loss_tokens=loss_tokens), mesh, shardings)
     metrics = []
     for _ in range(steps):
         state, m = step(state, batch)
@@ -120,6 +120,21 @@ def test_grad_accumulation_equals_one_big_batch():
     for a, b in zip(big, accumulated):
         for key in ("loss", "grad_norm", "target_tokens", "param_norm"):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5)
+
+
+def test_a_fixed_loss_normaliser_scales_the_gradient_by_the_batchs_targets():
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    batch = random_batch(4, 16, seed=4)
+    count = float(batch["loss_mask"].sum())
+    _, (mean, _) = _run_steps(mesh, batch)
+    _, (fixed, _) = _run_steps(mesh, batch, loss_tokens=4 * count)
+    # The same per-token loss is logged; the gradient is the sum over 4x the batch's targets.
+    np.testing.assert_allclose(fixed["loss"], mean["loss"], rtol=1e-6)
+    assert fixed["target_tokens"] == mean["target_tokens"] == count
+    np.testing.assert_allclose(fixed["grad_norm"], mean["grad_norm"] / 4, rtol=1e-5)
+    with pytest.raises(ValueError, match="train.loss_tokens must be >= 0"):
+        make_train_step(Qwen3ForCausalLM(CONFIG), *make_optimizer(train_config()), 1, 8,
+                        loss_tokens=-1)
 
 
 def test_loss_falls_when_training_on_one_batch():
