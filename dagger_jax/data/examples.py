@@ -238,7 +238,7 @@ def build_example(record: EpisodeRecord, spec: ExampleSpec, weighting: str = "on
         mask = np.zeros(spec.length, dtype=bool)
         for index in spec.turns:
             turn = record.turns[index]
-            if turn.label_ids != trunk[turn.prompt_len : turn.executed_end]:
+            if not record.label_executed(index):
                 raise ValueError(
                     f"episode {record.episode_id!r}: turn {index} of the label trunk did not "
                     "execute its label (record and plan disagree)")

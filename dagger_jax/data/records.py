@@ -328,7 +328,7 @@ class EpisodeRecord:
             if (
                 turn.executor == "teacher"
                 and turn.label_text is not None
-                and turn.label_ids != self.trunk_ids[turn.prompt_len : turn.executed_end]
+                and not self.label_executed(position)
             ):
                 out.append(
                     f"{name} is teacher-executed but its label_ids differ from its executed ids"
@@ -370,6 +370,11 @@ class EpisodeRecord:
     def prompt_ids(self, turn: int) -> list[int]:
         return self.trunk_ids[: self.turns[turn].prompt_len]
 
+    def label_executed(self, turn: int) -> bool:
+        """The turn has a label and executed exactly its ids (its label is in the trunk)."""
+        t = self.turns[turn]
+        return t.labelled and t.label_ids == self.executed_ids(turn)
+
     def turn_summaries(self) -> list[list[Any]]:
         """[executor, prompt_len, executed_end, len(label_ids) or None, label_executed] per turn.
 
@@ -381,6 +386,6 @@ class EpisodeRecord:
         """
         return [
             [t.executor, t.prompt_len, t.executed_end, len(t.label_ids) if t.labelled else None,
-             t.labelled and t.label_ids == self.trunk_ids[t.prompt_len : t.executed_end]]
-            for t in self.turns
+             self.label_executed(i)]
+            for i, t in enumerate(self.turns)
         ]
