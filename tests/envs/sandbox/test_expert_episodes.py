@@ -25,6 +25,16 @@ def test_expert_resolves_all_and_noop_none(backend):
     assert all(r.grade.fail_to_pass_passed == 0 for r in noop)
 
 
+def test_the_same_episode_twice_gives_the_same_observations(backend):
+    # Two runs that collect the same teacher episode (SFT's and DAgger's, a resumed job) must
+    # record the same tokens: no wall-clock time in what the tools print.
+    first, second = (run_episode(TASKS[1], ScriptedExpert(), backend) for _ in range(2))
+    assert first.messages == second.messages
+    test_logs = [m["content"] for m in first.messages if m["role"] == "tool" and "PASSED " in m["content"]]
+    assert test_logs and all("FAILED " not in log for log in test_logs), test_logs
+    assert first.resolved and second.resolved
+
+
 def test_expert_recovers_from_random_wrong_edits(backend):
     rng = random.Random(7)
     results, damage = [], []
