@@ -1,0 +1,35 @@
+"""The seed study's family (README, "The seed study"): the local demo's student and loop on a
+task family where SFT sits clearly between zero and the expert, with DAgger's knobs on.
+
+    python -m dagger_jax.demo --config=configs/local_study.py --workdir=W \
+        --recipes=sft,dagger --seeds=0,1,2,3,4 --jobs=2
+
+Takes about 25 minutes per (recipe, seed) on 2 cores, two at a time; the demo
+(`configs/local.py:<recipe>`) is the 15-minute version. `:<recipe>` picks the recipe as there.
+"""
+
+from pathlib import Path
+
+from dagger_jax.config_base import load_config_file
+from dagger_jax.recipes.recipes import get_recipe
+
+
+def get_config(arg: str | None = None):
+    recipe = arg or "dagger"
+    c = load_config_file(f"{Path(__file__).with_name('local.py')}:{recipe}")
+    # One function per file: the file names its fix, and SFT stops collapsing onto one or two
+    # fixes (README). 48 held-out tasks: the resolve rate moves in steps of 1/48, and its
+    # sampling error at ~0.7 is half that of 24 tasks'.
+    c.tasks.update(dict(functions_per_file=1, num_train=180, num_heldout=48))
+    c.eval.update(dict(num_tasks=48, max_turns=8, from_iteration=3))
+    # 160 labels from the teacher's own episodes, then 80 per iteration, over fresh windows of
+    # 60 tasks; DAgger's beta 1, 0.65, 0.3, so its student acts in ~55 turns of iteration 3.
+    c.loop.update(dict(label_budgets="160,80,80", tasks_per_iteration=60, schedule="linear",
+                       schedule_params='{"start": 1.0, "end": 0.3, "steps": 2}'))
+    # A student reply that does not parse is replaced by the teacher's action (its label), so
+    # no later state holds the malformed text; only recipes whose teacher labels actions.
+    c.loop.takeover_unparseable = get_recipe(recipe).label == "action"
+    # Each step's loss is summed over ~one SFT batch's targets, not averaged over the batch's
+    # own: a batch with few (student-state) labels takes a proportionally smaller step.
+    c.train.loss_tokens = 448
+    return c

@@ -1,0 +1,40 @@
+"""configs/local_study.py: the seed study's family is the demo's config with the study's knobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dagger_jax.config_base import load_config_file
+from dagger_jax.recipes.loop import load_tasks, parse_label_budgets
+from dagger_jax.recipes.schedules import make_schedule
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def study(recipe: str):
+    return load_config_file(f"{CONFIGS / 'local_study.py'}:{recipe}")
+
+
+def test_the_study_family_differs_from_the_demo_only_in_its_knobs():
+    config, demo = study("dagger"), load_config_file(f"{CONFIGS / 'local.py'}:dagger")
+    assert config.model == demo.model and config.loop.recipe == "dagger"
+    assert parse_label_budgets(config.loop.label_budgets, config.loop.label_budget,
+                               config.loop.iterations) == [160, 80, 80]
+    schedule = make_schedule(config.loop.schedule, json.loads(config.loop.schedule_params))
+    assert [schedule(i) for i in (1, 2, 3)] == pytest.approx([1.0, 0.65, 0.3])
+    assert config.loop.takeover_unparseable and config.train.loss_tokens == 448
+    assert not demo.loop.takeover_unparseable and demo.train.loss_tokens == 0
+    train, heldout = load_tasks(config)
+    assert len(train) == 180 and len(heldout) == config.eval.num_tasks == 48
+    assert all(t.repo_files["ledger/core.py"].count("def ") == 1 for t in train + heldout)
+
+
+def test_takeover_only_where_the_teacher_labels_actions():
+    assert study("sft").loop.takeover_unparseable
+    assert not study("opd").loop.takeover_unparseable
+    assert not study("grpo").loop.takeover_unparseable
+    with pytest.raises(ValueError, match="does not exist"):
+        study("daggerr")
