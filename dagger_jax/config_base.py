@@ -70,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
         # token); N > 0 = the summed loss over N tokens, so a batch with fewer targets takes a
         # proportionally smaller step (train/train_step.py).
         loss_tokens=0,
+        # The outer loop only: "" = train.schedule over the global step (the loop's default is
+        # constant); cosine | linear = every round warms up over warmup_steps and decays to
+        # lr * end_lr_ratio by its last step (train/optimizer.py round_learning_rate).
+        round_schedule="",
         # On-policy objectives: log-probs over ids below this only, as the sampler that recorded
         # theirs (0: the whole vocabulary; the loop sets the tokenizer's size when it samples
         # with the local JAX sampler, which never samples the padded ids past it).

@@ -78,6 +78,10 @@ def sample_batches(config: Any, tokenizer) -> Any:
 
 def run(config: Any, workdir: str | Path) -> Path | None:
     """Trains per config in workdir; returns the HF export directory (process 0) if exported."""
+    if config.train.round_schedule and not config.loop.enabled:
+        raise ValueError(f"config.train.round_schedule={config.train.round_schedule!r} restarts the "
+                         "rate in every outer-loop round; the plain job has none (set "
+                         "config.loop.enabled or use config.train.schedule)")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model_config = Qwen3Config.from_dict(config.model.to_dict(), where="config.model")

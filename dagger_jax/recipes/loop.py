@@ -55,6 +55,7 @@ from dagger_jax.rollout.mixing import RolloutRule
 from dagger_jax.rollout.service import ServiceJob
 from dagger_jax.rollout.service_client import RolloutServiceClient
 from dagger_jax.train.metrics import MetricWriter
+from dagger_jax.train.optimizer import round_learning_rate
 from dagger_jax.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -555,7 +556,9 @@ class Loop:
 
         log.info("iteration %d: training steps %d..%d on %s", i, start, end, " then ".join(
             f"{p.num_examples} examples x {e} epochs" for p, e in passes))
-        self.trainer.fit(batch, total_steps=end, local_batches=True)
+        rate = (round_learning_rate(self.config.train, start, end)
+                if self.config.train.round_schedule else None)
+        self.trainer.fit(batch, total_steps=end, local_batches=True, rate_fn=rate)
         log.info("iteration %d: trained with objective %s: %s", i, self.trainer.objective,
                  json.dumps(self.trainer.last_metrics))
 

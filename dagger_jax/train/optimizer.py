@@ -1,13 +1,21 @@
-"""AdamW with warmup and a decay schedule, global-norm clipping; decay only on matrices."""
+"""AdamW with warmup and a decay schedule, global-norm clipping; decay only on matrices.
+
+Two ways to set the rate: a schedule of the global step (train.schedule over train.steps, the
+plain job), or, with train.round_schedule, a rate held in the optimizer state and set before
+each step by the outer loop, which restarts warmup and decay in every round (its steps are only
+known when the round starts).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import optax
 
 SCHEDULES = ("cosine", "linear", "constant")
+ROUND_SCHEDULES = ("", "cosine", "linear")
 
 
 def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int, schedule: str,
@@ -35,12 +43,67 @@ def _decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(train_config: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer and its schedule from the `train` section of a config."""
+    """The optimizer and its schedule from the `train` section of a config (with
+    train.round_schedule the rate lives in the optimizer state: see with_learning_rate)."""
     c = train_config
     schedule = learning_rate_schedule(c.lr, c.steps, c.warmup_steps, c.schedule, c.end_lr_ratio)
     chain = []
     if c.clip_grad_norm > 0:
         chain.append(optax.clip_by_global_norm(c.clip_grad_norm))
-    chain.append(optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
-                             mask=_decay_mask))
+    round_schedule = c.get("round_schedule", "")
+    if round_schedule not in ROUND_SCHEDULES:
+        raise ValueError(f"train.round_schedule={round_schedule!r} unknown; choose from "
+                         f"{ROUND_SCHEDULES} ('': off)")
+    if round_schedule:
+        adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))
+        chain.append(adamw(learning_rate=c.lr, b1=c.b1, b2=c.b2, eps=c.eps,
+                           weight_decay=c.weight_decay, mask=_decay_mask))
+    else:
+        chain.append(optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps,
+                                 weight_decay=c.weight_decay, mask=_decay_mask))
     return optax.chain(*chain), schedule
+
+
+def _injected(opt_state: Any) -> Any:
+    """The InjectHyperparamsState in a chain's state (None: the rate is a step schedule)."""
+    # Recognised by its field (optax renamed the state class across versions).
+    for part in opt_state if isinstance(opt_state, tuple) else ():
+        if "learning_rate" in (getattr(part, "hyperparams", None) or {}):
+            return part
+    return None
+
+
+def holds_learning_rate(opt_state: Any) -> bool:
+    return _injected(opt_state) is not None
+
+
+def current_learning_rate(opt_state: Any, schedule: optax.Schedule, step: Any) -> Any:
+    """The rate this step uses: the one in the state if it holds one, else schedule(step)."""
+    injected = _injected(opt_state)
+    return schedule(step) if injected is None else injected.hyperparams["learning_rate"]
+
+
+def with_learning_rate(opt_state: Any, rate: Any) -> Any:
+    """opt_state with the held rate replaced (opt_state must hold one)."""
+    injected = _injected(opt_state)
+    if injected is None:
+        raise ValueError("this optimizer state holds no learning rate (train.round_schedule is off)")
+    hyperparams = {**injected.hyperparams, "learning_rate": rate}
+    return tuple(part._replace(hyperparams=hyperparams) if part is injected else part
+                 for part in opt_state)
+
+
+def held_rate_sharding(shardings: Any) -> Any:
+    """The sharding of the held rate in a state_shardings(...).opt_state tree."""
+    return _injected(shardings).hyperparams["learning_rate"]
+
+
+def round_learning_rate(train_config: Any, start: int, end: int) -> Callable[[int], np.float32]:
+    """The rate of each step of an outer-loop round that trains steps start..end: warmup over
+    train.warmup_steps, then train.round_schedule's decay to lr * end_lr_ratio, the rate of the
+    round's last step, so every round ends at a low rate whatever came before it."""
+    c = train_config
+    # Over one step fewer than the round has: its last step (end - 1) is the decay's end.
+    schedule = learning_rate_schedule(c.lr, end - start - 1, c.warmup_steps, c.round_schedule,
+                                      c.end_lr_ratio)
+    return lambda step: np.float32(schedule(step - start))

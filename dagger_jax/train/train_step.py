@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, output_embedding
 from dagger_jax.models.sharding import batch_sharding, match_partition_rules, named_shardings
 from dagger_jax.train.loss import OBJECTIVES, chunked_token_loss
+from dagger_jax.train.optimizer import current_learning_rate
 
 BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions")
 # What each objective reads besides BATCH_KEYS (weight one needs nothing more, so its batches,
@@ -130,7 +131,7 @@ def make_train_step(model: Qwen3ForCausalLM, optimizer: optax.GradientTransforma
             "target_tokens": count,
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
-            "lr": schedule(state.step),
+            "lr": current_learning_rate(state.opt_state, schedule, state.step),
         }
         if objective != "one":
             metrics["nll"] = sums["nll"] / denominator

@@ -18,7 +18,7 @@ from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, params_shape
 from dagger_jax.models.sharding import batch_sharding, make_mesh
 from dagger_jax.train.checkpoint import Checkpointer
 from dagger_jax.train.metrics import MetricWriter
-from dagger_jax.train.optimizer import make_optimizer
+from dagger_jax.train.optimizer import held_rate_sharding, holds_learning_rate, make_optimizer, with_learning_rate
 from dagger_jax.train.train_step import (BATCH_KEYS, TrainState, batch_keys, jit_init_state,
                                          jit_train_step, make_train_step, state_shardings)
 
@@ -108,12 +108,20 @@ class Trainer:
         self.checkpointer.save(int(state.step), state.params, state.opt_state, self.model_config)
 
     def fit(self, batch_fn: BatchFn, state: TrainState | None = None, total_steps: int | None = None,
-            local_batches: bool = False) -> TrainState:
+            local_batches: bool = False, rate_fn: Callable[[int], Any] | None = None) -> TrainState:
         """Trains to `total_steps` (default `train.steps`), checkpointing every
         `train.checkpoint_every` steps and at the end. `batch_fn(step)` gives the global batch
-        of that step, or with local_batches this process's rows of it."""
+        of that step, or with local_batches this process's rows of it. rate_fn(step): the
+        learning rate of each step, required with train.round_schedule (the outer loop's
+        per-round schedule, optimizer.round_learning_rate) and refused without it."""
         c = self.config.train
         state = self.initial_state() if state is None else state
+        if holds_learning_rate(state.opt_state) != (rate_fn is not None):
+            raise ValueError(
+                "train.round_schedule sets the rate of each outer-loop round's steps: it needs "
+                "the loop (config.loop.enabled) and the loop's rate for every step" if rate_fn is None
+                else "a per-step learning rate was given but train.round_schedule is off")
+        rate_sharding = held_rate_sharding(self.shardings.opt_state) if rate_fn else None
         start = int(state.step)
         end = c.steps if total_steps is None else int(total_steps)
         writer = MetricWriter(layout.tensorboard_dir(self.workdir))
@@ -126,6 +134,9 @@ class Trainer:
             task = progress.add_task("train", total=end, completed=start, info="")
             for step in range(start, end):
                 host_batch = batch_fn(step)
+                if rate_fn is not None:
+                    rate = jax.device_put(np.float32(rate_fn(step)), rate_sharding)
+                    state = state.replace(opt_state=with_learning_rate(state.opt_state, rate))
                 tokens_since += int(np.count_nonzero(host_batch["segment_ids"]))
                 state, metrics = self._step(state, global_batch(self.mesh, host_batch, local_batches,
                                                                 self.batch_keys))

@@ -14,7 +14,8 @@ from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, output_embedding
 from dagger_jax.models.sharding import QWEN3_RULES, make_mesh
 from dagger_jax.train.loss import chunked_cross_entropy
-from dagger_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from dagger_jax.train.optimizer import (current_learning_rate, holds_learning_rate, learning_rate_schedule,
+                                       make_optimizer, round_learning_rate, with_learning_rate)
 from dagger_jax.train.train_step import (TrainState, jit_init_state, jit_train_step, make_train_step,
                                          state_shardings)
 
@@ -159,3 +160,34 @@ def test_weight_decay_skips_norms():
     updates, _ = optimizer.update(zero, optimizer.init(params), params)
     assert float(jnp.abs(updates["kernel"]).max()) > 0
     assert float(jnp.abs(updates["scale"]).max()) == 0
+
+
+def test_a_held_rate_steps_exactly_as_a_schedule_at_that_rate():
+    params = {"kernel": jnp.arange(4.0).reshape(2, 2), "scale": jnp.ones((2,))}
+    grads = {"kernel": jnp.full((2, 2), 0.3), "scale": jnp.full((2,), -0.2)}
+    held, _ = make_optimizer(train_config(round_schedule="cosine"))
+    plain, _ = make_optimizer(train_config(lr=0.004, schedule="constant", warmup_steps=0))
+    state = with_learning_rate(held.init(params), jnp.float32(0.004))
+    assert holds_learning_rate(state) and not holds_learning_rate(plain.init(params))
+    assert float(current_learning_rate(state, None, 0)) == pytest.approx(0.004)
+    got, _ = held.update(grads, state, params)
+    want, _ = plain.update(grads, plain.init(params), params)
+    for key in params:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6)
+    still, _ = held.update(grads, with_learning_rate(state, jnp.float32(0.0)), params)
+    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree_util.tree_leaves(still))
+    with pytest.raises(ValueError, match="holds no learning rate"):
+        with_learning_rate(plain.init(params), jnp.float32(0.1))
+    with pytest.raises(ValueError, match="train.round_schedule='exp'"):
+        make_optimizer(train_config(round_schedule="exp"))
+
+
+def test_each_round_warms_up_and_ends_at_the_low_rate():
+    config = train_config(round_schedule="cosine", lr=1e-3, warmup_steps=2, end_lr_ratio=0.1)
+    first, second = round_learning_rate(config, 0, 40), round_learning_rate(config, 40, 60)
+    assert float(first(0)) == 0.0 and float(first(2)) == pytest.approx(1e-3)
+    for rate, start, end in ((first, 0, 40), (second, 40, 60)):
+        values = [float(rate(step)) for step in range(start, end)]
+        assert values[0] == 0.0 and max(values) == pytest.approx(1e-3)
+        assert values[2:] == sorted(values[2:], reverse=True)  # decays after warmup
+        assert values[-1] == pytest.approx(1e-4)  # the round's last step: lr * end_lr_ratio
