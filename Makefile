@@ -18,12 +18,14 @@ sandbox-deps: setup
 	bash tools/ensure_sandbox_deps.sh $(VENV)/bin/python
 
 # SFT and DAgger at the same teacher-label budget on synthetic tasks (bubblewrap sandboxes),
-# the two runs side by side (JOBS=1: one after the other). SEEDS=0,1,2 for the seed study.
+# the two runs side by side (JOBS=1: one after the other), evaluated on 24 held-out tasks
+# (the seed study: SEEDS=0,1,2 EVAL_TASKS=48).
 SEEDS ?= 0
 JOBS ?= 2
+EVAL_TASKS ?= 24
 demo: setup sandbox-deps
-	$(VENV)/bin/python -m dagger_jax.demo --config=configs/local.py:dagger --workdir=$(WORKDIR) \
-	  --seeds=$(SEEDS) --recipes=sft,dagger --jobs=$(JOBS)
+	$(VENV)/bin/python -m dagger_jax.demo --config=configs/local_study.py --workdir=$(WORKDIR) \
+	  --seeds=$(SEEDS) --recipes=sft,dagger --jobs=$(JOBS) --config.eval.num_tasks=$(EVAL_TASKS)
 
 test: setup sandbox-deps
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -1,11 +1,14 @@
-"""The seed study's family (README, "The seed study"): the local demo's student and loop on a
-task family where SFT sits clearly between zero and the expert, with DAgger's knobs on.
+"""The demo's and the seed study's family: configs/local.py's student and loop on a task family
+where SFT sits clearly between zero and the expert, with DAgger's knobs on (README).
 
+    make demo   # = python -m dagger_jax.demo --config=configs/local_study.py --workdir=W \
+                #       --recipes=sft,dagger --seeds=0 --jobs=2 --config.eval.num_tasks=24
     python -m dagger_jax.demo --config=configs/local_study.py --workdir=W \
-        --recipes=sft,dagger --seeds=0,1,2,3,4 --jobs=2
+        --recipes=sft,dagger --seeds=0,1,2 --jobs=2          # the seed study, 48 held-out tasks
 
-Takes about 25 minutes per (recipe, seed) on 2 cores, two at a time; the demo
-(`configs/local.py:<recipe>`) is the 15-minute version. `:<recipe>` picks the recipe as there.
+A (recipe, seed) takes 11-15 minutes on 2 cores, two at a time. `:<recipe>` picks the recipe
+as in configs/local.py (the demo command's --recipes overrides it); opd and grpo need
+`--config.loop.takeover_unparseable=False` when the config was loaded for another recipe.
 """
 
 from pathlib import Path
@@ -32,4 +35,7 @@ def get_config(arg: str | None = None):
     # Each step's loss is summed over ~one SFT batch's targets, not averaged over the batch's
     # own: a batch with few (student-state) labels takes a proportionally smaller step.
     c.train.loss_tokens = 448
+    # Each round warms up and decays to 0.1 x lr by its last step: a round whose last batches
+    # hold high-loss labels (DAgger's student states) does not end on a full-size step there.
+    c.train.round_schedule = "cosine"
     return c

@@ -90,6 +90,9 @@ OVERRIDES = [
     # compared, and the training kill lands between two checkpoints.
     "--config.train.batch_size=1", "--config.train.log_every=1",
     "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=100",
+    # Each round's rate decays from lr to lr / 10 by its last step (no warmup: a round here is
+    # a few steps): a killed round resumes only if every re-run step gets the rate it had.
+    "--config.train.round_schedule=cosine", "--config.train.warmup_steps=0",
     "--config.progress=False",
 ]
 POLL_S = 0.05

@@ -26,7 +26,9 @@ def test_the_study_family_differs_from_the_demo_only_in_its_knobs():
     schedule = make_schedule(config.loop.schedule, json.loads(config.loop.schedule_params))
     assert [schedule(i) for i in (1, 2, 3)] == pytest.approx([1.0, 0.65, 0.3])
     assert config.loop.takeover_unparseable and config.train.loss_tokens == 448
+    assert config.train.round_schedule == "cosine"
     assert not demo.loop.takeover_unparseable and demo.train.loss_tokens == 0
+    assert not demo.train.round_schedule
     train, heldout = load_tasks(config)
     assert len(train) == 180 and len(heldout) == config.eval.num_tasks == 48
     assert all(t.repo_files["ledger/core.py"].count("def ") == 1 for t in train + heldout)
