@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a training host
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 X_AXES = ("iteration", "labelled_turns")
 
@@ -34,17 +35,23 @@ def draw_curves(runs: Sequence[tuple[str, list[dict]]], out: Path, x: str = "ite
     if x not in X_AXES:
         raise ValueError(f"x axis {x!r}: choose from {X_AXES}")
     fig, (resolve, shift) = plt.subplots(1, 2, figsize=(11, 4))
+    every_x = []
     for label, rows in runs:
         xs = [r.get(x, i + 1) for i, r in enumerate(rows)]
+        every_x += xs
         line, = resolve.plot(xs, [r["resolve_rate"] for r in rows], marker="o", label=label)
-        for key, style in (("nll_student_states", "-"), ("nll_teacher_states", "--")):
+        # Own and teacher states told apart by marker too: a run evaluated once has no line.
+        for key, style, marker in (("nll_student_states", "-", "o"), ("nll_teacher_states", "--", "x")):
             points = [(px, r[key]) for px, r in zip(xs, rows) if r.get(key) is not None]
             if points:
-                shift.plot(*zip(*points), style, marker=".", color=line.get_color(),
+                shift.plot(*zip(*points), style, marker=marker, color=line.get_color(),
                            label=f"{label}: {'own' if 'student' in key else 'teacher'} states")
     resolve.set(title="held-out resolve rate", xlabel=x.replace("_", " "), ylim=(-0.02, 1.02))
     shift.set(title="student NLL of teacher labels", xlabel=x.replace("_", " "), ylabel="nats / token")
     for axis in (resolve, shift):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations, labelled turns
+        if max(every_x) - min(every_x) < 2:  # one evaluated iteration: whole numbers around it
+            axis.set_xlim(min(every_x) - 1, max(every_x) + 1)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
