@@ -106,4 +106,6 @@ def round_learning_rate(train_config: Any, start: int, end: int) -> Callable[[in
     # Over one step fewer than the round has: its last step (end - 1) is the decay's end.
     schedule = learning_rate_schedule(c.lr, end - start - 1, c.warmup_steps, c.round_schedule,
                                       c.end_lr_ratio)
-    return lambda step: np.float32(schedule(step - start))
+    # Every step's rate at once, on the host: no device dispatch per training step.
+    rates = np.asarray(jax.vmap(schedule)(np.arange(max(end - start, 1))), np.float32)
+    return lambda step: rates[step - start]
