@@ -139,6 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
         packages=0,               # > 0: package names from the first N only
         numbered_packages=True,   # False: `ledger/core.py`, not `ledger_37/core.py`
         modules=0,                # > 0: module names from the first N only
+        decoys=0,                 # modules of constants only, beside the files (synthetic.py)
     ))
     c.eval = ml_collections.ConfigDict(dict(
         enabled=True, num_tasks=16, max_turns=12, shift_states=32,

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthetic: `ledger/core.py`, not `ledger_37/core.py`")
     parser.add_argument("--modules", type=int, default=0,
                         help="synthetic: module names from the first N only (0: all)")
+    parser.add_argument("--decoys", type=int, default=0,
+                        help="synthetic: modules holding only constants, beside the files")
     parser.add_argument("--package", action="append", default=[],
                         help="pypi: NAME, NAME==VERSION or an sdist path; repeat for several")
     parser.add_argument("--sandbox", "--backend", dest="sandbox", choices=BACKENDS, default="bwrap",
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 files=args.files, functions_per_file=args.functions_per_file,
                 distractors=args.distractors, hide_location=args.hide_location,
                 templates=args.templates, bug_kinds=args.bug_kinds, packages=args.packages,
-                numbered_packages=not args.unnumbered_packages, modules=args.modules)
+                numbered_packages=not args.unnumbered_packages, modules=args.modules,
+                decoys=args.decoys)
         except ValueError as e:
             parser.error(str(e))
         tasks, failures = list(generate_tasks(args.n, args.seed, args.split, difficulty)), []

@@ -99,7 +99,8 @@ def load_tasks(config: Any) -> tuple[list[Task], list[Task]]:
         difficulty = Difficulty.from_settings(
             files=t.files, functions_per_file=t.functions_per_file, distractors=t.distractors,
             hide_location=t.hide_location, templates=t.templates, bug_kinds=t.bug_kinds,
-            packages=t.packages, numbered_packages=t.numbered_packages, modules=t.modules)
+            packages=t.packages, numbered_packages=t.numbered_packages, modules=t.modules,
+            decoys=t.decoys)
         train = list(generate_tasks(t.num_train, t.train_seed, "train", difficulty))
         heldout = _unseen_heldout(train, t.num_heldout, t.heldout_seed, difficulty)
     elif t.source == "file":

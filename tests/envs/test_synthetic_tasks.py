@@ -127,3 +127,36 @@ def test_path_knobs_narrow_the_names_and_change_nothing_else():
         Difficulty(packages=11)
     with pytest.raises(ValueError, match="modules=1: choose 0 .all. or 2"):
         Difficulty(files=2, modules=1)
+
+
+def test_decoys_are_constants_only_modules_and_change_nothing_else():
+    hidden = Difficulty(templates=4, bug_kinds=("compare", "arith"), functions_per_file=1,
+                        packages=1, numbered_packages=False, modules=2, name_location=False)
+    with_decoy = dataclasses.replace(hidden, decoys=1)
+    targets = []
+    for index in range(20):
+        plain, decoyed = generate_task(4, index, "train", hidden), generate_task(4, index, "train", with_decoy)
+        extra = set(decoyed.repo_files) - set(plain.repo_files)
+        assert len(extra) == 1, extra
+        (decoy,) = extra
+        # The other module of the two, holding integer constants: no function, no test file.
+        assert decoy.startswith("ledger/") and decoy != decoyed.metadata["target_file"]
+        lines = decoyed.repo_files[decoy].splitlines()
+        assert 2 <= len(lines) <= 3 and all(line.split(" = ")[1].isdigit() for line in lines)
+        assert "def " not in decoyed.repo_files[decoy]
+        assert decoyed.test_files == plain.test_files
+        # Everything else is the decoy-free task's, and the issue names no file.
+        assert {k: v for k, v in decoyed.repo_files.items() if k != decoy} == plain.repo_files
+        assert (decoyed.gold_patch, decoyed.fail_to_pass, decoyed.problem_statement) == (
+            plain.gold_patch, plain.fail_to_pass, plain.problem_statement)
+        assert "ledger/" not in decoyed.problem_statement
+        targets.append(decoyed.metadata["target_file"])
+    # The bug sits in either module, so a first look is a guess.
+    assert set(targets) == {"ledger/core.py", "ledger/utils.py"}
+    assert generate_task(4, 3, "train", with_decoy) == generate_task(4, 3, "train", with_decoy)
+    with pytest.raises(ValueError, match="modules=1: choose 0 .all. or 2"):
+        Difficulty(modules=1, decoys=1)
+    with pytest.raises(ValueError, match="decoys=-1"):
+        Difficulty(decoys=-1)
+    with pytest.raises(ValueError, match="need 9 module names"):
+        Difficulty(files=1, decoys=8)

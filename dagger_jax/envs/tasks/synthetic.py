@@ -29,6 +29,7 @@ MODULE_NAMES = ("core", "utils", "stats", "text", "lists", "numbers", "helpers",
 # episode get identical records. -rA keeps the PASSED/FAILED lines the graders parse.
 TEST_COMMAND = "python3 -m pytest -rA -qq -p no:cacheprovider tests"
 CASES_PER_FUNCTION = 3
+DECOY_CONSTANTS = ("LIMIT", "SCALE", "OFFSET", "WIDTH", "STEP", "MARGIN", "PRECISION", "RETRIES")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,12 @@ class Difficulty:
     packages: int = 0             # > 0: package names from the first N of PACKAGE_NAMES only
     numbered_packages: bool = True  # False: `ledger`, not `ledger_37`
     modules: int = 0              # > 0: module names from the first N of MODULE_NAMES only
+    # Modules holding only constants, no function and no tests. With name_location=False the
+    # agent's first look is a guess among the modules; a decoy is recognisable on sight (no
+    # `def`), so the way out of a wrong guess, viewing another module, is learnable from what
+    # the agent observes. A privileged teacher never opens one: only states the student reaches
+    # hold it.
+    decoys: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.templates <= len(TEMPLATES):
@@ -55,9 +62,15 @@ class Difficulty:
                              f"{self.files * self.functions_per_file} functions a task holds")
         if not 0 <= self.packages <= len(PACKAGE_NAMES):
             raise ValueError(f"Difficulty.packages={self.packages}: choose 0 (all) to {len(PACKAGE_NAMES)}")
-        if not 0 <= self.modules <= len(MODULE_NAMES) or 0 < self.modules < self.files:
-            raise ValueError(f"Difficulty.modules={self.modules}: choose 0 (all) or {self.files} "
-                             f"(files per task) to {len(MODULE_NAMES)}")
+        if self.decoys < 0:
+            raise ValueError(f"Difficulty.decoys={self.decoys}: choose 0 or more")
+        per_task = self.files + self.decoys
+        if not 0 <= self.modules <= len(MODULE_NAMES) or 0 < self.modules < per_task:
+            raise ValueError(f"Difficulty.modules={self.modules}: choose 0 (all) or {per_task} "
+                             f"(files and decoys per task) to {len(MODULE_NAMES)}")
+        if per_task > len(MODULE_NAMES):
+            raise ValueError(f"Difficulty: {self.files} files and {self.decoys} decoys need "
+                             f"{per_task} module names; there are {len(MODULE_NAMES)}")
         unknown = sorted(set(self.bug_kinds) - set(OPERATORS))
         if unknown:
             raise ValueError(f"Difficulty.bug_kinds: unknown {unknown}; choose from {OPERATORS}")
@@ -201,6 +214,9 @@ def _generate(seed: int, index: int, split: str, difficulty: Difficulty, attempt
     fail = [test_ids[target_module][target_cases_index(cases[target_module], target_name, b)] for b in broken]
     passing = [t for m in modules for t in test_ids[m] if t not in fail]
 
+    for module, text in _decoy_modules(seed, split, index, difficulty, modules).items():
+        files[f"{package}/{module}.py"] = text
+
     ok, got = results[broken[0]]
     _, example_args, expected = target_cases[broken[0]]
     call = f"{target_name}({', '.join(repr(a) for a in example_args)})"
@@ -226,6 +242,24 @@ def _generate(seed: int, index: int, split: str, difficulty: Difficulty, attempt
                   "difficulty": {**dataclasses.asdict(difficulty), "bug_kinds": list(difficulty.bug_kinds)},
                   "package": package, "target_function": target_name, "target_file": path},
     )
+
+
+def _decoy_modules(seed: int, split: str, index: int, difficulty: Difficulty,
+                   taken: list[str]) -> dict[str, str]:
+    """{module: source} of the task's decoys: a few integer constants each.
+
+    Drawn from their own stream, so a family without decoys generates exactly the tasks it did
+    before the knob existed.
+    """
+    if not difficulty.decoys:
+        return {}
+    rng = _rng(seed, split, f"{index}.decoys")
+    free = [m for m in MODULE_NAMES[:difficulty.modules or None] if m not in taken]
+    out = {}
+    for module in rng.sample(free, k=difficulty.decoys):
+        names = sorted(rng.sample(DECOY_CONSTANTS, k=rng.randint(2, 3)))
+        out[module] = "".join(f"{name} = {rng.randint(2, 99)}\n" for name in names)
+    return out
 
 
 def _numbered(cases: list[tuple[str, tuple, Any]]) -> list[tuple[str, int]]:

@@ -166,3 +166,30 @@ def test_a_container_killed_mid_episode_ends_only_that_episode(docker_backend):
     assert "died" in killed.error or "exited" in killed.error, killed.error
     after = run_episode(TASKS[1], ScriptedExpert(), docker_backend)  # the run goes on
     assert after.resolved
+
+
+def test_after_a_student_opens_the_decoy_the_expert_opens_the_file_with_the_bug(backend):
+    task = generate_tasks(1, seed=5, difficulty=Difficulty(
+        templates=4, bug_kinds=("compare", "arith"), functions_per_file=1, packages=1,
+        numbered_packages=False, modules=2, name_location=False, decoys=1))[0]
+    decoy = next(p for p in task.repo_files if p.startswith("ledger/") and p != task.metadata["target_file"]
+                 and p != "ledger/__init__.py")
+
+    class WrongGuess:
+        name = "wrong-guess"
+
+        def __init__(self):
+            self.expert, self.turn = ScriptedExpert(), 0
+
+        def act(self, state: AgentState) -> str:
+            self.turn += 1
+            if self.turn == 1:
+                return self.expert.act(state).replace(task.metadata["target_file"], decoy)
+            return self.expert.act(state)
+
+    result = run_episode(task, WrongGuess(), backend)
+    tools = [m["content"] for m in result.messages if m["role"] == "tool"]
+    assistant = [m["content"] for m in result.messages if m["role"] == "assistant"]
+    assert f"/testbed/{decoy}" in assistant[0] and "def " not in tools[0] and " = " in tools[0]
+    assert f"/testbed/{task.metadata['target_file']}" in assistant[1] and "def " in tools[1]
+    assert result.resolved and result.turns == 5  # decoy, view, edit, test, finish
