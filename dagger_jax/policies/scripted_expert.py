@@ -4,8 +4,9 @@ It knows the task's base state (its files, or the image's base commit) and gold 
 knows what every file should finally contain. Each turn it reads the sandbox (git status and
 the files that matter) and takes the next step of a plain plan: repair damage (restore deleted
 or broken files, remove junk), view the file with the bug (again after a refused edit, unless
-the refusal showed the lines to replace), make the fix with one small str_replace, run the
-tests, finish. Because it decides from the sandbox, not from its own past, it recovers from
+the refusal showed the lines to replace; after a look at a file without the bug, first search
+for the function the issue names), make the fix with one small str_replace, run the tests,
+finish. Because it decides from the sandbox, not from its own past, it recovers from
 whatever state a student leaves: a wrong edit, a deleted file, broken syntax, edited tests, a
 premature test run.
 """
@@ -148,6 +149,23 @@ def _needs_view(calls: Sequence[tuple[ToolCall, str]], full_path: str, old_str: 
     return needs
 
 
+def _looked_elsewhere(calls: Sequence[tuple[ToolCall, str]], full_targets: set[str]) -> bool:
+    """Whether the agent's latest look was a view of a file that holds no part of the fix,
+    with no search since (a student that guessed the wrong module)."""
+    for call, _ in reversed(calls):
+        if call.name == "str_replace_editor" and call.params.get("command") == "view":
+            return call.params.get("path") not in full_targets
+        if call.name == "execute_bash" and call.params.get("command", "").startswith("grep "):
+            return False
+    return False
+
+
+def definition_search(function: str) -> str:
+    """The shell command that finds where `function` is defined: each hit is printed as
+    `./PATH:LINE:def NAME(...)`, so the next view copies its path from the latest observation."""
+    return f'grep -rn --include=*.py "def {function}(" .'
+
+
 class ScriptedExpert:
     """Acts toward the gold solution from the sandbox's current state."""
 
@@ -173,6 +191,15 @@ class ScriptedExpert:
                     ToolCall("str_replace_editor", {"command": "create", "path": full, "file_text": wanted}),
                     f"`{path}` is missing; restoring it.")
             old, new = minimal_replacement(current, wanted)
+            function = (task.metadata or {}).get("target_function")
+            if (path in targets and function and _needs_view(calls, full, old)
+                    and _looked_elsewhere(calls, {f"{REPO}/{t}" for t in targets})):
+                # The agent opened a file without the bug (one the issue does not name). A
+                # search for the function the issue names shows where it lives; guessing
+                # another file would teach a student to guess.
+                return render_action(
+                    ToolCall("execute_bash", {"command": definition_search(function)}),
+                    f"The bug is not in that file; searching for `{function}`.")
             if path in targets and _needs_view(calls, full, old):
                 return render_action(
                     ToolCall("str_replace_editor", {"command": "view", "path": full}),

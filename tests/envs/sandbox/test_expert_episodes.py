@@ -190,6 +190,14 @@ def test_after_a_student_opens_the_decoy_the_expert_opens_the_file_with_the_bug(
     result = run_episode(task, WrongGuess(), backend)
     tools = [m["content"] for m in result.messages if m["role"] == "tool"]
     assistant = [m["content"] for m in result.messages if m["role"] == "assistant"]
+    target, function = task.metadata["target_file"], task.metadata["target_function"]
     assert f"/testbed/{decoy}" in assistant[0] and "def " not in tools[0] and " = " in tools[0]
-    assert f"/testbed/{task.metadata['target_file']}" in assistant[1] and "def " in tools[1]
-    assert result.resolved and result.turns == 5  # decoy, view, edit, test, finish
+    # Not a second guess: a search for the function the issue names, whose hit names the file.
+    assert f'<parameter=command>\ngrep -rn --include=*.py "def {function}(" .\n' in assistant[1]
+    assert tools[1].startswith(f"./{target}:1:def {function}("), tools[1]
+    assert f"/testbed/{target}" in assistant[2] and "def " in tools[2]
+    assert result.resolved and result.turns == 6  # decoy, search, view, edit, test, finish
+    # The expert alone never searches: it knows where the bug is.
+    alone = run_episode(task, ScriptedExpert(), backend)
+    assert alone.resolved and alone.turns == 4
+    assert not any("grep" in m["content"] for m in alone.messages if m["role"] == "assistant")
