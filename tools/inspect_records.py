@@ -135,10 +135,33 @@ def action_codes(record: EpisodeRecord) -> str:
     return "".join(letters) + ("+" if record.outcome.resolved else "-")
 
 
-def first_edit_summary(codes: list[str]) -> dict[str, Any]:
-    """How the first edit of each episode went, and what came of a refused one."""
+def _viewed_path(action: str | None) -> str | None:
+    parsed = parse_action(action or "")
+    if parsed.ok and parsed.call.name == "str_replace_editor" and parsed.call.params.get("command") == "view":
+        return parsed.call.params.get("path")
+    return None
+
+
+def first_look_elsewhere(record: EpisodeRecord) -> bool:
+    """Whether the episode opened with a view of another file than the one the teacher's label
+    of that first state views (a wrong guess where the issue names no file)."""
+    if not record.turns or not record.messages:
+        return False
+    first = next((m["content"] for m in record.messages if m["role"] == "assistant"), None)
+    executed, labelled = _viewed_path(first), _viewed_path(record.turns[0].label_text)
+    return executed is not None and labelled is not None and executed != labelled
+
+
+def first_edit_summary(codes: list[str], looked_elsewhere: list[bool] | None = None) -> dict[str, Any]:
+    """How the first edit of each episode went, and what came of a refused one; with
+    `looked_elsewhere` (per episode, first_look_elsewhere) also what came of a wrong first look."""
     firsts = [next((c for c in code if c.upper() in "ER"), None) for code in codes]
     refused = [code for code, first in zip(codes, firsts) if first is not None and first.upper() == "R"]
+    looks = {}
+    if looked_elsewhere is not None:
+        astray = [code for code, away in zip(codes, looked_elsewhere) if away]
+        looks = {"first_look_elsewhere": len(astray),
+                 "resolved_after_first_look_elsewhere": sum(code.endswith("+") for code in astray)}
     return {
         "episodes": len(codes),
         "first_edit_applied": sum(f is not None and f.upper() == "E" for f in firsts),
@@ -146,6 +169,7 @@ def first_edit_summary(codes: list[str]) -> dict[str, Any]:
         "no_edit": sum(f is None for f in firsts),
         "resolved": sum(code.endswith("+") for code in codes),
         "resolved_after_refused_first_edit": sum(code.endswith("+") for code in refused),
+        **looks,
     }
 
 
@@ -215,11 +239,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         for directory in dirs:
             if args.actions:
-                codes = []
+                codes, looks = [], []
                 for record in iter_records(directory):
                     codes.append(action_codes(record))
+                    looks.append(first_look_elsewhere(record))
                     print(f"{record.episode_id}\t{codes[-1]}")
-                print(json.dumps({"dir": str(directory), **first_edit_summary(codes)}), flush=True)
+                print(json.dumps({"dir": str(directory), **first_edit_summary(codes, looks)}), flush=True)
             else:
                 print(json.dumps(iteration_stats(directory, iter_records(directory))), flush=True)
     except (ShardError, RecordError, OSError) as e:

@@ -133,6 +133,27 @@ def test_first_edit_summary() -> None:
     summary = _tool_module().first_edit_summary(["VETF+", "VrVETF+", "VrVrPP-", "VppPP-", "vRetF+"])
     assert summary == {"episodes": 5, "first_edit_applied": 1, "first_edit_refused": 3, "no_edit": 1,
                        "resolved": 3, "resolved_after_refused_first_edit": 2}
+    looks = _tool_module().first_edit_summary(["vBVETF+", "VETF+", "vrppp-"], [True, False, True])
+    assert (looks["first_look_elsewhere"], looks["resolved_after_first_look_elsewhere"]) == (2, 1)
+
+
+def test_a_first_look_elsewhere_is_a_view_of_another_file_than_the_label_views() -> None:
+    from types import SimpleNamespace
+
+    from dagger_jax.agent import ToolCall, render_action
+    view = lambda path: render_action(ToolCall("str_replace_editor", {"command": "view", "path": path}))  # noqa: E731
+    tests = render_action(ToolCall("execute_bash", {"command": "python3 -m pytest tests"}))
+
+    def record(executed: str, label: str):
+        return SimpleNamespace(turns=[SimpleNamespace(label_text=label)],
+                               messages=[{"role": "user", "content": "issue"},
+                                         {"role": "assistant", "content": executed}])
+
+    elsewhere = _tool_module().first_look_elsewhere
+    assert elsewhere(record(view("/testbed/p/utils.py"), view("/testbed/p/core.py")))
+    assert not elsewhere(record(view("/testbed/p/core.py"), view("/testbed/p/core.py")))
+    assert not elsewhere(record(tests, view("/testbed/p/core.py")))  # not a look at a file
+    assert not elsewhere(record(view("/testbed/p/utils.py"), tests))  # the teacher did not look
 
 
 def test_actions_lists_every_episode_with_its_executors(collected) -> None:
