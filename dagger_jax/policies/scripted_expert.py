@@ -191,16 +191,15 @@ class ScriptedExpert:
                     ToolCall("str_replace_editor", {"command": "create", "path": full, "file_text": wanted}),
                     f"`{path}` is missing; restoring it.")
             old, new = minimal_replacement(current, wanted)
-            function = (task.metadata or {}).get("target_function")
-            if (path in targets and function and _needs_view(calls, full, old)
-                    and _looked_elsewhere(calls, {f"{REPO}/{t}" for t in targets})):
-                # The agent opened a file without the bug (one the issue does not name). A
-                # search for the function the issue names shows where it lives; guessing
-                # another file would teach a student to guess.
-                return render_action(
-                    ToolCall("execute_bash", {"command": definition_search(function)}),
-                    f"The bug is not in that file; searching for `{function}`.")
             if path in targets and _needs_view(calls, full, old):
+                function = (task.metadata or {}).get("target_function")
+                if function and _looked_elsewhere(calls, {f"{REPO}/{t}" for t in targets}):
+                    # The agent opened a file without the bug (one the issue does not name). A
+                    # search for the function the issue names shows where it lives; guessing
+                    # another file would teach a student to guess.
+                    return render_action(
+                        ToolCall("execute_bash", {"command": definition_search(function)}),
+                        f"The bug is not in that file; searching for `{function}`.")
                 return render_action(
                     ToolCall("str_replace_editor", {"command": "view", "path": full}),
                     f"Let me look at `{path}`, where the problem should be.")
