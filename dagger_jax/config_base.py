@@ -100,6 +100,11 @@ def base_config() -> ml_collections.ConfigDict:
         # already been trained on when each round starts from the last checkpoint); the rest
         # cover only the new iteration's. -1: all of them (plain aggregation).
         earlier_epochs=-1,
+        # Epochs of iteration 1's data in round 1 (-1: loop.epochs). A student trained from
+        # scratch on a small first budget can need more passes before its replies parse; until
+        # they do, a DAgger student that acts in iteration 2 is taken over on every turn and
+        # reaches no state of its own (README, study section).
+        first_round_epochs=-1,
         max_turns=12,
         max_new_tokens=192,
         context_budget=4096,

@@ -64,6 +64,20 @@ PHASES = ("collect", "train", "export", "evaluate")
 ON_POLICY_SAMPLING = ("policy", "rollout")
 
 
+def training_plan(loop: Any, aggregate: bool, i: int) -> list[tuple[bool, int]]:
+    """Round i's passes as (new iteration's data only, epochs), in the order they are trained:
+    round 1 trains loop.first_round_epochs (if set); later rounds the aggregate, then with
+    loop.earlier_epochs the new iteration's data alone for the remaining epochs."""
+    if i == 1:
+        epochs = loop.epochs if loop.first_round_epochs == -1 else loop.first_round_epochs
+        return [(False, epochs)]
+    earlier = loop.epochs if loop.earlier_epochs == -1 else loop.earlier_epochs
+    if not aggregate or earlier == loop.epochs:
+        return [(False, loop.epochs)]
+    passes = [(False, earlier)] if earlier else []
+    return passes + [(True, loop.epochs - earlier)]
+
+
 @dataclasses.dataclass
 class LoopState:
     """What the loop has decided so far; rewritten atomically after every decision."""
@@ -261,6 +275,9 @@ class Loop:
         if not (loop.earlier_epochs == -1 or 0 <= loop.earlier_epochs <= loop.epochs):
             raise ValueError(f"config.loop.earlier_epochs={loop.earlier_epochs} must be -1 (all "
                              f"epochs) or between 0 and config.loop.epochs={loop.epochs}")
+        if not (loop.first_round_epochs == -1 or loop.first_round_epochs >= 1):
+            raise ValueError(f"config.loop.first_round_epochs={loop.first_round_epochs} must be "
+                             "-1 (config.loop.epochs) or >= 1")
         if config.eval.from_iteration < 1:
             raise ValueError(f"config.eval.from_iteration={config.eval.from_iteration} must be "
                              ">= 1; to skip evaluation set config.eval.enabled=False")
@@ -529,15 +546,9 @@ class Loop:
                                   success_filter=self.recipe.success_filter, label_caps=caps)
 
     def _training_passes(self, i: int) -> list[tuple[TrajectoryPipeline, int]]:
-        """(pipeline, epochs) in the order they are trained: the aggregate, then with
-        loop.earlier_epochs the new iteration's data alone for the remaining epochs."""
-        loop = self.config.loop
-        pipeline = self._pipeline(i)
-        earlier = loop.epochs if loop.earlier_epochs == -1 else loop.earlier_epochs
-        if not self.recipe.aggregate or i == 1 or earlier == loop.epochs:
-            return [(pipeline, loop.epochs)]
-        passes = [(pipeline, earlier)] if earlier else []
-        return passes + [(self._pipeline(i, new_only=True), loop.epochs - earlier)]
+        """(pipeline, epochs) in the order they are trained (training_plan)."""
+        return [(self._pipeline(i, new_only=new_only), epochs)
+                for new_only, epochs in training_plan(self.config.loop, self.recipe.aggregate, i)]
 
     def _train(self, i: int) -> None:
         passes = self._training_passes(i)

@@ -10,7 +10,7 @@ from dagger_jax.config_base import base_config
 from dagger_jax.envs.tasks.task import write_tasks
 from dagger_jax.data.examples import WEIGHTINGS
 from dagger_jax.recipes.loop import (Loop, LoopState, load_tasks, parse_label_budgets,
-                                     same_task_key, student_sampling)
+                                     same_task_key, student_sampling, training_plan)
 from dagger_jax.recipes.recipes import RECIPES, WEIGHTS, Recipe, get_recipe
 from dagger_jax.train.loss import OBJECTIVES
 from dagger_jax.recipes.schedules import make_schedule
@@ -97,6 +97,8 @@ def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
     with pytest.raises(ValueError, match=r"earlier_epochs=3 must be -1 \(all epochs\) or "
                                          r"between 0 and config.loop.epochs=2"):
         Loop(loop_config("dagger", epochs=2, earlier_epochs=3), tmp_path, None, None)
+    with pytest.raises(ValueError, match=r"first_round_epochs=0 must be -1 "):
+        Loop(loop_config("dagger", first_round_epochs=0), tmp_path, None, None)
     never = loop_config("sft")
     never.eval.from_iteration = 0
     with pytest.raises(ValueError, match=r"eval.from_iteration=0 must be >= 1"):
@@ -116,6 +118,21 @@ def test_on_policy_recipes_sample_the_policy_itself(tmp_path):
     assert student_sampling(loop, get_recipe("grpo"), greedy=False).temperature == 0.7
     with pytest.raises(ValueError, match=r"on_policy_sampling='tempered': choose from"):
         Loop(loop_config("grpo", on_policy_sampling="tempered"), tmp_path, None, None)
+
+
+def test_training_plan_per_round():
+    loop = base_config().loop
+    loop.update(dict(epochs=2, earlier_epochs=1))
+    # (new iteration's data only, epochs): one epoch over all the data, then one over the new.
+    assert training_plan(loop, aggregate=True, i=1) == [(False, 2)]
+    assert training_plan(loop, aggregate=True, i=3) == [(False, 1), (True, 1)]
+    assert training_plan(loop, aggregate=False, i=3) == [(False, 2)]  # opd / grpo
+    loop.first_round_epochs = 6  # round 1 only; later rounds as before
+    assert training_plan(loop, aggregate=True, i=1) == [(False, 6)]
+    assert training_plan(loop, aggregate=False, i=1) == [(False, 6)]
+    assert training_plan(loop, aggregate=True, i=2) == [(False, 1), (True, 1)]
+    loop.earlier_epochs = 0
+    assert training_plan(loop, aggregate=True, i=2) == [(True, 2)]
 
 
 def test_label_budgets_per_iteration():
