@@ -160,6 +160,15 @@ def _looked_elsewhere(calls: Sequence[tuple[ToolCall, str]], full_targets: set[s
     return False
 
 
+def _search_hit(calls: Sequence[tuple[ToolCall, str]], path: str) -> bool:
+    """Whether the latest call was a grep whose output lists a hit in `path` (as `./PATH:`)."""
+    if not calls:
+        return False
+    call, observation = calls[-1]
+    return (call.name == "execute_bash" and call.params.get("command", "").startswith("grep ")
+            and f"./{path}:" in observation)
+
+
 def definition_search(function: str) -> str:
     """The shell command that finds where `function` is defined: each hit is printed as
     `./PATH:LINE:def NAME(...)`, so the next view copies its path from the latest observation."""
@@ -200,9 +209,14 @@ class ScriptedExpert:
                     return render_action(
                         ToolCall("execute_bash", {"command": definition_search(function)}),
                         f"The bug is not in that file; searching for `{function}`.")
+                # After a search the thought quotes the hit as grep printed it (`./PATH`): a
+                # small student copies the path from that line, where the usual phrase had it
+                # repeat the path of its own earlier view, the decoy (README, study section).
+                thought = (f"The search found it in `./{path}`; viewing it."
+                           if _search_hit(calls, path)
+                           else f"Let me look at `{path}`, where the problem should be.")
                 return render_action(
-                    ToolCall("str_replace_editor", {"command": "view", "path": full}),
-                    f"Let me look at `{path}`, where the problem should be.")
+                    ToolCall("str_replace_editor", {"command": "view", "path": full}), thought)
             reason = ("This is the bug; fixing it." if path in targets
                       else f"`{path}` was changed by mistake; restoring this part.")
             return render_action(ToolCall("str_replace_editor", {

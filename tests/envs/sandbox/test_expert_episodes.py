@@ -196,6 +196,9 @@ def test_after_a_student_opens_the_decoy_the_expert_opens_the_file_with_the_bug(
     assert f'<parameter=command>\ngrep -rn --include=*.py "def {function}(" .\n' in assistant[1]
     assert tools[1].startswith(f"./{target}:1:def {function}("), tools[1]
     assert f"/testbed/{target}" in assistant[2] and "def " in tools[2]
+    # The view's thought quotes the hit as printed (the path to copy), not the first-look phrase.
+    assert assistant[2].startswith(f"The search found it in `./{target}`"), assistant[2]
+    assert assistant[0].startswith(f"Let me look at `{decoy}`"), assistant[0]
     assert result.resolved and result.turns == 6  # decoy, search, view, edit, test, finish
     # The expert alone never searches: it knows where the bug is.
     alone = run_episode(task, ScriptedExpert(), backend)
