@@ -40,3 +40,24 @@ def test_takeover_only_where_the_teacher_labels_actions():
     assert not study("grpo").loop.takeover_unparseable
     with pytest.raises(ValueError, match="does not exist"):
         study("daggerr")
+
+
+def test_the_decoy_family_is_the_study_config_on_decoy_tasks():
+    config = load_config_file(f"{CONFIGS / 'local_decoys.py'}:dagger")
+    base = study("dagger")
+    assert config.model == base.model and config.train == base.train
+    assert parse_label_budgets(config.loop.label_budgets, config.loop.label_budget,
+                               config.loop.iterations) == [160, 80, 80, 80, 80]
+    schedule = make_schedule(config.loop.schedule, json.loads(config.loop.schedule_params))
+    assert [schedule(i) for i in range(1, 6)] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert config.loop.first_round_epochs == 6 and config.eval.from_iteration == 5
+    train, heldout = load_tasks(config)
+    assert len(train) == 340 and len(heldout) == 48
+    for task in train[:20] + heldout:
+        modules = [p for p in task.repo_files if p.startswith("ledger/") and p != "ledger/__init__.py"]
+        decoys = [p for p in modules if "def " not in task.repo_files[p]]
+        assert len(modules) == 2 and len(decoys) == 1, modules
+        # The issue names the function, not the file.
+        assert task.metadata["target_function"] in task.problem_statement
+        assert task.metadata["target_file"] not in task.problem_statement
+    assert load_config_file(f"{CONFIGS / 'local_decoys.py'}:sft").loop.recipe == "sft"

@@ -1,0 +1,32 @@
+"""The decoy family: configs/local_study.py on tasks whose first look is a guess the student can
+recover from, with DAgger's student acting from iteration 2 (README, study section).
+
+    python -m dagger_jax.demo --config=configs/local_decoys.py --workdir=W \
+        --recipes=sft,dagger --seeds=0,1,2 --jobs=2
+
+The issue names the function, not the file, and the package holds the module with the bug beside
+a module of constants only (a decoy): the privileged teacher opens the right module at once, so
+SFT's student never sees a wrong look, and only DAgger's is labelled there (the teacher searches
+for the function, then opens the file the hit names). A (recipe, seed) takes 25-37 minutes on 2
+cores, two at a time.
+"""
+
+from pathlib import Path
+
+from dagger_jax.config_base import load_config_file
+
+
+def get_config(arg: str | None = None):
+    c = load_config_file(f"{Path(__file__).with_name('local_study.py')}:{arg or 'dagger'}")
+    c.tasks.update(dict(modules=2, hide_location=True, decoys=1, num_train=340))
+    # Five iterations (PAPER.md's count): 160 teacher labels, then 80 per iteration. DAgger's
+    # beta is 1, then 0: from iteration 2 its student takes every turn it can parse, so every
+    # wrong look it makes is a labelled state.
+    c.loop.update(dict(iterations=5, label_budgets="160,80,80,80,80", schedule="linear",
+                       schedule_params='{"start": 1.0, "end": 0.0, "steps": 1}'))
+    # Six epochs of the first 160 labels (40 steps -> 120): the round-1 student's replies parse
+    # (loss 0.10 at step 120; 1.07 after 60 steps of 240 labels), so iteration 2 yields student
+    # states; with two epochs every turn of iteration 2 was taken over.
+    c.loop.first_round_epochs = 6
+    c.eval.from_iteration = 5
+    return c
