@@ -149,13 +149,17 @@ def _needs_view(calls: Sequence[tuple[ToolCall, str]], full_path: str, old_str: 
     return needs
 
 
+def _is_search(call: ToolCall) -> bool:
+    return call.name == "execute_bash" and call.params.get("command", "").startswith("grep ")
+
+
 def _looked_elsewhere(calls: Sequence[tuple[ToolCall, str]], full_targets: set[str]) -> bool:
     """Whether the agent's latest look was a view of a file that holds no part of the fix,
     with no search since (a student that guessed the wrong module)."""
     for call, _ in reversed(calls):
         if call.name == "str_replace_editor" and call.params.get("command") == "view":
             return call.params.get("path") not in full_targets
-        if call.name == "execute_bash" and call.params.get("command", "").startswith("grep "):
+        if _is_search(call):
             return False
     return False
 
@@ -165,8 +169,7 @@ def _search_hit(calls: Sequence[tuple[ToolCall, str]], path: str) -> bool:
     if not calls:
         return False
     call, observation = calls[-1]
-    return (call.name == "execute_bash" and call.params.get("command", "").startswith("grep ")
-            and f"./{path}:" in observation)
+    return _is_search(call) and f"./{path}:" in observation
 
 
 def definition_search(function: str) -> str:
