@@ -172,6 +172,21 @@ def _search_hit(calls: Sequence[tuple[ToolCall, str]], path: str) -> bool:
     return _is_search(call) and f"./{path}:" in observation
 
 
+def _view_thought(path: str, function: str | None, after_hit: bool) -> str:
+    """The thought before a view of the file with the bug.
+
+    Each thought repeats a name from close above, the kind of copy a small student learns: after
+    a search, the hit as grep printed it (`./PATH`; with the first-look phrase students viewed
+    their own earlier, wrong file again); on a first look, the function the issue names, so every
+    episode practises the copy a recovery's search needs (README, study section).
+    """
+    if after_hit:
+        return f"The search found it in `./{path}`; viewing it."
+    if function:
+        return f"The issue is about `{function}`; let me look at `{path}`."
+    return f"Let me look at `{path}`, where the problem should be."
+
+
 def definition_search(function: str) -> str:
     """The shell command that finds where `function` is defined: each hit is printed as
     `./PATH:LINE:def NAME(...)`, so the next view copies its path from the latest observation."""
@@ -212,15 +227,11 @@ class ScriptedExpert:
                     return render_action(
                         ToolCall("execute_bash", {"command": definition_search(function)}),
                         f"The bug is not in that file; searching for `{function}`.")
-                # After a search the thought quotes the hit as grep printed it (`./PATH`): a
-                # small student copies the path from that line, where the usual phrase had it
-                # repeat the path of its own earlier view, the decoy (README, study section).
-                thought = (f"The search found it in `./{path}`; viewing it."
-                           if _search_hit(calls, path)
-                           else f"Let me look at `{path}`, where the problem should be.")
-                return render_action(
-                    ToolCall("str_replace_editor", {"command": "view", "path": full}), thought)
-            reason = ("This is the bug; fixing it." if path in targets
+                return render_action(ToolCall("str_replace_editor", {"command": "view", "path": full}),
+                                     _view_thought(path, function, _search_hit(calls, path)))
+            # The fix's thought names the file as the view printed it just above, so the edit's
+            # path is copied from there, not from the first (perhaps wrong) file looked at.
+            reason = (f"The bug is in {full}; fixing it." if path in targets
                       else f"`{path}` was changed by mistake; restoring this part.")
             return render_action(ToolCall("str_replace_editor", {
                 "command": "str_replace", "path": full, "old_str": old, "new_str": new}), reason)

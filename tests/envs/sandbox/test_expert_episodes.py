@@ -198,7 +198,11 @@ def test_after_a_student_opens_the_decoy_the_expert_opens_the_file_with_the_bug(
     assert f"/testbed/{target}" in assistant[2] and "def " in tools[2]
     # The view's thought quotes the hit as printed (the path to copy), not the first-look phrase.
     assert assistant[2].startswith(f"The search found it in `./{target}`"), assistant[2]
-    assert assistant[0].startswith(f"Let me look at `{decoy}`"), assistant[0]
+    # The first look's thought repeats the issue's function; the fix's names the file as the
+    # view printed it just above it, not the decoy looked at first.
+    assert assistant[0].startswith(f"The issue is about `{function}`; let me look at `{decoy}`"), assistant[0]
+    assert tools[2].startswith(f"Here's the result of running `cat -n` on /testbed/{target}:"), tools[2]
+    assert assistant[3].startswith(f"The bug is in /testbed/{target}; fixing it."), assistant[3]
     assert result.resolved and result.turns == 6  # decoy, search, view, edit, test, finish
     # The expert alone never searches: it knows where the bug is.
     alone = run_episode(task, ScriptedExpert(), backend)
