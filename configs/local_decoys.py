@@ -7,7 +7,7 @@ recover from, with DAgger's student acting from iteration 2 (README, study secti
 The issue names the function, not the file, and the package holds the module with the bug beside
 a module of constants only (a decoy): the privileged teacher opens the right module at once, so
 SFT's student never sees a wrong look, and only DAgger's is labelled there (the teacher searches
-for the function, then opens the file the hit names). A (recipe, seed) takes 25-37 minutes on 2
+for the function, then opens the file the hit names). A (recipe, seed) takes 25-40 minutes on 2
 cores, two at a time.
 """
 
@@ -28,5 +28,10 @@ def get_config(arg: str | None = None):
     # (loss 0.10 at step 120; 1.07 after 60 steps of 240 labels), so iteration 2 yields student
     # states; with two epochs every turn of iteration 2 was taken over.
     c.loop.first_round_epochs = 6
-    c.eval.from_iteration = 5
+    # After a wrong look the teacher lists the project's functions instead of grepping for the
+    # issue's name: students wrote a memorised synonym of the name, and their grep found nothing.
+    c.loop.expert_search = "definitions"
+    # 96 held-out tasks: a seed's resolve rate has a sampling error of ~0.05 at 0.5, not 0.07.
+    c.tasks.num_heldout = 96
+    c.eval.update(dict(num_tasks=96, from_iteration=5))
     return c

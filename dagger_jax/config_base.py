@@ -116,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
         teacher="expert",         # expert | sglang | openai
         teacher_endpoints="",     # sglang: URLs; openai: the base URL
         teacher_model="",
+        # The scripted expert's look-up after a look at a file without the bug: "function"
+        # greps for the function, "definitions" lists all (policies/scripted_expert.py).
+        expert_search="function",
         temperature=0.7,          # PAPER.md: rollouts at 0.7 / 0.9, evaluation greedy
         top_p=0.9,
         # policy: the on-policy gradient recipes (opd, grpo) sample the student at temperature

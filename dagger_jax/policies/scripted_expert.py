@@ -193,10 +193,26 @@ def definition_search(function: str) -> str:
     return f'grep -rn --include=*.py "def {function}(" .'
 
 
+# Lists every function defined outside the tests, each as `./PATH:LINE:def NAME(...)`.
+DEFINITIONS_LISTING = 'grep -rn --include=*.py --exclude-dir=tests "def " .'
+
+# How the expert looks a function up after the agent opened a file without the bug:
+# "function" greps for the name the issue gives (the student must copy it from the issue);
+# "definitions" lists all definitions (a fixed command; the student picks the hit). A student
+# trained from scratch writes a memorised synonym for the issue's name (`in_order` where it
+# says `is_sorted`) and its search finds nothing (README, study section).
+SEARCHES = ("function", "definitions")
+
+
 class ScriptedExpert:
     """Acts toward the gold solution from the sandbox's current state."""
 
     name = "expert"
+
+    def __init__(self, search: str = "function"):
+        if search not in SEARCHES:
+            raise ValueError(f"ScriptedExpert search={search!r}: choose from {SEARCHES}")
+        self.search = search
 
     def act(self, state: AgentState) -> str:
         task, sandbox = state.task, state.sandbox
@@ -224,6 +240,10 @@ class ScriptedExpert:
                     # The agent opened a file without the bug (one the issue does not name). A
                     # search for the function the issue names shows where it lives; guessing
                     # another file would teach a student to guess.
+                    if self.search == "definitions":
+                        return render_action(
+                            ToolCall("execute_bash", {"command": DEFINITIONS_LISTING}),
+                            "The bug is not in that file; listing the project's functions.")
                     return render_action(
                         ToolCall("execute_bash", {"command": definition_search(function)}),
                         f"The bug is not in that file; searching for `{function}`.")

@@ -44,6 +44,7 @@ from dagger_jax.policies.actors import TokenActor
 from dagger_jax.policies.endpoint_pool import EndpointPool
 from dagger_jax.policies.generation import SamplingParams
 from dagger_jax.policies.local_sampler import LocalSampler
+from dagger_jax.policies.scripted_expert import SEARCHES
 from dagger_jax.policies.sglang_client import SGLangClient
 from dagger_jax.recipes.recipes import Recipe, get_recipe
 from dagger_jax.recipes.schedules import make_schedule
@@ -213,7 +214,7 @@ def teacher_spec(loop: Any) -> dict[str, Any]:
     """The teacher as an actor spec (rollout/actor_specs.py), for in-process and service
     collection alike."""
     if loop.teacher == "expert":
-        return {"kind": "expert"}
+        return {"kind": "expert", "search": loop.expert_search}
     spec: dict[str, Any] = {"kind": loop.teacher,
                             "sampling": {"temperature": loop.temperature, "top_p": loop.top_p,
                                          "max_new_tokens": loop.max_new_tokens}}
@@ -278,6 +279,8 @@ class Loop:
         if not (loop.first_round_epochs == -1 or loop.first_round_epochs >= 1):
             raise ValueError(f"config.loop.first_round_epochs={loop.first_round_epochs} must be "
                              "-1 (config.loop.epochs) or >= 1")
+        if loop.expert_search not in SEARCHES:
+            raise ValueError(f"config.loop.expert_search={loop.expert_search!r}: choose from {SEARCHES}")
         if config.eval.from_iteration < 1:
             raise ValueError(f"config.eval.from_iteration={config.eval.from_iteration} must be "
                              ">= 1; to skip evaluation set config.eval.enabled=False")

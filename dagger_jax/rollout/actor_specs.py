@@ -1,6 +1,6 @@
 """Actors from JSON-able specs, so a collection job can travel over RPC.
 
-    {"kind": "expert"}                                   the scripted expert (knows the fix)
+    {"kind": "expert", "search": "function"}             the scripted expert (knows the fix)
     {"kind": "sglang", "endpoints": [url, ...], "sampling": {...SGLang sampling_params}}
     {"kind": "openai", "base_url": url, "model": name, "sampling": {...}}   (API teachers)
 """
@@ -26,7 +26,7 @@ def build_actor(spec: Mapping[str, Any] | None, chat: ChatTokenizer, role: str) 
         raise ValueError(f"{role} actor spec {spec!r}: 'kind' must be one of {KINDS}")
     kind = spec["kind"]
     if kind == "expert":
-        return ExpertActor(ScriptedExpert())
+        return ExpertActor(ScriptedExpert(search=spec.get("search", "function")))
     sampling = SamplingParams.from_sglang(dict(spec.get("sampling", {})), where=f"{role}.sampling")
     if kind == "sglang":
         endpoints = spec.get("endpoints")

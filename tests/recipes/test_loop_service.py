@@ -265,7 +265,7 @@ def test_no_refusal_when_the_student_does_not_act_or_is_served(recipe, fields, m
 def test_in_process_and_service_collection_share_the_actor_specs(tmp_path):
     c = base_config().loop
     c.update(dict(temperature=0.7, top_p=0.9, max_new_tokens=64))
-    assert teacher_spec(c) == {"kind": "expert"}
+    assert teacher_spec(c) == {"kind": "expert", "search": "function"}
     c.update(dict(teacher="sglang", teacher_endpoints="http://a:1, http://b:2,"))
     assert teacher_spec(c) == {"kind": "sglang", "endpoints": ["http://a:1", "http://b:2"],
                                "sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64}}

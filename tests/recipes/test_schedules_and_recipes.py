@@ -99,6 +99,8 @@ def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
         Loop(loop_config("dagger", epochs=2, earlier_epochs=3), tmp_path, None, None)
     with pytest.raises(ValueError, match=r"first_round_epochs=0 must be -1 "):
         Loop(loop_config("dagger", first_round_epochs=0), tmp_path, None, None)
+    with pytest.raises(ValueError, match=r"expert_search='names': choose from"):
+        Loop(loop_config("dagger", expert_search="names"), tmp_path, None, None)
     never = loop_config("sft")
     never.eval.from_iteration = 0
     with pytest.raises(ValueError, match=r"eval.from_iteration=0 must be >= 1"):

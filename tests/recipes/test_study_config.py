@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dagger_jax.config_base import load_config_file
-from dagger_jax.recipes.loop import load_tasks, parse_label_budgets
+from dagger_jax.recipes.loop import load_tasks, parse_label_budgets, teacher_spec
 from dagger_jax.recipes.schedules import make_schedule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -51,8 +51,9 @@ def test_the_decoy_family_is_the_study_config_on_decoy_tasks():
     schedule = make_schedule(config.loop.schedule, json.loads(config.loop.schedule_params))
     assert [schedule(i) for i in range(1, 6)] == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert config.loop.first_round_epochs == 6 and config.eval.from_iteration == 5
+    assert teacher_spec(config.loop) == {"kind": "expert", "search": "definitions"}
     train, heldout = load_tasks(config)
-    assert len(train) == 340 and len(heldout) == 48
+    assert len(train) == 340 and len(heldout) == 96 == config.eval.num_tasks
     for task in train[:20] + heldout:
         modules = [p for p in task.repo_files if p.startswith("ledger/") and p != "ledger/__init__.py"]
         decoys = [p for p in modules if "def " not in task.repo_files[p]]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from dagger_jax.agent import parse_action
 from dagger_jax.envs.corruption import corrupt
 from dagger_jax.envs.sandbox import SandboxError
@@ -168,10 +170,15 @@ def test_a_container_killed_mid_episode_ends_only_that_episode(docker_backend):
     assert after.resolved
 
 
-def test_after_a_student_opens_the_decoy_the_expert_opens_the_file_with_the_bug(backend):
-    task = generate_tasks(1, seed=5, difficulty=Difficulty(
-        templates=4, bug_kinds=("compare", "arith"), functions_per_file=1, packages=1,
-        numbered_packages=False, modules=2, name_location=False, decoys=1))[0]
+DECOY_TASK = generate_tasks(1, seed=5, difficulty=Difficulty(
+    templates=4, bug_kinds=("compare", "arith"), functions_per_file=1, packages=1,
+    numbered_packages=False, modules=2, name_location=False, decoys=1))[0]
+
+
+def _after_a_wrong_guess(backend, search: str):
+    """An episode whose first look opens the decoy, the expert acting from then on; the
+    tools' and the assistant's messages, and the result."""
+    task = DECOY_TASK
     decoy = next(p for p in task.repo_files if p.startswith("ledger/") and p != task.metadata["target_file"]
                  and p != "ledger/__init__.py")
 
@@ -179,7 +186,7 @@ def test_after_a_student_opens_the_decoy_the_expert_opens_the_file_with_the_bug(
         name = "wrong-guess"
 
         def __init__(self):
-            self.expert, self.turn = ScriptedExpert(), 0
+            self.expert, self.turn = ScriptedExpert(search=search), 0
 
         def act(self, state: AgentState) -> str:
             self.turn += 1
@@ -190,6 +197,12 @@ def test_after_a_student_opens_the_decoy_the_expert_opens_the_file_with_the_bug(
     result = run_episode(task, WrongGuess(), backend)
     tools = [m["content"] for m in result.messages if m["role"] == "tool"]
     assistant = [m["content"] for m in result.messages if m["role"] == "assistant"]
+    return decoy, tools, assistant, result
+
+
+def test_after_a_student_opens_the_decoy_the_expert_opens_the_file_with_the_bug(backend):
+    task = DECOY_TASK
+    decoy, tools, assistant, result = _after_a_wrong_guess(backend, "function")
     target, function = task.metadata["target_file"], task.metadata["target_function"]
     assert f"/testbed/{decoy}" in assistant[0] and "def " not in tools[0] and " = " in tools[0]
     # Not a second guess: a search for the function the issue names, whose hit names the file.
@@ -208,3 +221,20 @@ def test_after_a_student_opens_the_decoy_the_expert_opens_the_file_with_the_bug(
     alone = run_episode(task, ScriptedExpert(), backend)
     assert alone.resolved and alone.turns == 4
     assert not any("grep" in m["content"] for m in alone.messages if m["role"] == "assistant")
+
+
+def test_the_definitions_search_lists_the_functions_outside_the_tests(bwrap_backend):
+    # A fixed command (nothing to copy from the issue) whose only hit here is the function
+    # with the bug; the view and the fix follow as after a search for the name.
+    target, function = DECOY_TASK.metadata["target_file"], DECOY_TASK.metadata["target_function"]
+    _, tools, assistant, result = _after_a_wrong_guess(bwrap_backend, "definitions")
+    assert '<parameter=command>\ngrep -rn --include=*.py --exclude-dir=tests "def " .\n' in assistant[1]
+    hits = tools[1].splitlines()[:-1]  # then the exit-code line
+    assert len(hits) == 1 and hits[0].startswith(f"./{target}:1:def {function}("), tools[1]
+    assert assistant[2].startswith(f"The search found it in `./{target}`"), assistant[2]
+    assert result.resolved and result.turns == 6
+
+
+def test_an_unknown_expert_search_is_refused():
+    with pytest.raises(ValueError, match="search='names'.*function.*definitions"):
+        ScriptedExpert(search="names")
