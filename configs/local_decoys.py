@@ -6,9 +6,9 @@ recover from, with DAgger's student acting from iteration 2 (README, study secti
 
 The issue names the function, not the file, and the package holds the module with the bug beside
 a module of constants only (a decoy): the privileged teacher opens the right module at once, so
-SFT's student never sees a wrong look, and only DAgger's is labelled there (the teacher searches
-for the function, then opens the file the hit names). A (recipe, seed) takes 25-40 minutes on 2
-cores, two at a time.
+SFT's student never sees a wrong look, and only DAgger's is labelled there (the teacher lists
+the project's functions, then opens the file the hit names). On 2 cores, two at a time, an SFT
+run takes ~23 minutes, a DAgger run ~37.
 """
 
 from pathlib import Path
