@@ -71,7 +71,11 @@ def comparison(histories: dict[tuple[str, int], list[dict]]) -> dict[str, Any]:
     if "sft" in rates and "dagger" in rates:
         spread = max(max(v) - min(v) for v in (rates["sft"], rates["dagger"]))
         gap = summary["recipes"]["dagger"]["mean"] - summary["recipes"]["sft"]["mean"]
-        summary.update(dagger_minus_sft=gap, spread=spread, dagger_beats_sft_beyond_spread=gap > spread)
+        # One seed has no spread: a gap over 0 says nothing, so there is no verdict (None).
+        seeded = min(len(rates["sft"]), len(rates["dagger"])) >= 2
+        summary.update(dagger_minus_sft=gap, spread=spread,
+                       dagger_beats_sft_beyond_spread=gap > spread if seeded else None,
+                       every_dagger_seed_above_every_sft_seed=min(rates["dagger"]) > max(rates["sft"]))
     return summary
 
 
@@ -91,9 +95,14 @@ def print_comparison(histories: dict[tuple[str, int], list[dict]], summary: dict
         print(f"{recipe:>8}: final held-out resolve rate per seed [{rates}]  mean {stats['mean']:.3f}  "
               f"spread {stats['max'] - stats['min']:.3f}")
     if "dagger_minus_sft" in summary:
-        verdict = "exceeds" if summary["dagger_beats_sft_beyond_spread"] else "does NOT exceed"
-        print(f"DAgger - SFT = {summary['dagger_minus_sft']:+.3f}, which {verdict} the spread across "
-              f"seeds ({summary['spread']:.3f})")
+        beyond = summary["dagger_beats_sft_beyond_spread"]
+        if beyond is None:
+            print(f"DAgger - SFT = {summary['dagger_minus_sft']:+.3f} with one seed of a recipe: no "
+                  "spread to compare it with (the seed study: --seeds=0,1,2)")
+        else:
+            verdict = "exceeds" if beyond else "does NOT exceed"
+            print(f"DAgger - SFT = {summary['dagger_minus_sft']:+.3f}, which {verdict} the spread "
+                  f"across seeds ({summary['spread']:.3f})")
 
 
 def run_each_in_a_process(configs: dict[tuple[str, int], ml_collections.ConfigDict],

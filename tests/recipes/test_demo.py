@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dagger_jax.config_base import load_config_file
-from dagger_jax.demo import comparison, run_config
+from dagger_jax.demo import comparison, print_comparison, run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,4 +46,16 @@ def test_comparison_uses_the_last_iteration_and_the_wider_spread():
     histories[("dagger", 2)] = rows(0.0, 0.25)  # one bad seed: spread 0.35 > gap
     summary = comparison(histories)
     assert summary["dagger_beats_sft_beyond_spread"] is False
+    assert summary["every_dagger_seed_above_every_sft_seed"] is False  # 0.25 < 0.3
     assert summary["recipes"]["dagger"]["seeds"] == 3
+
+
+def test_one_seed_gives_no_verdict_on_the_spread(capsys):
+    histories = {("sft", 0): rows(0.2, 0.6), ("dagger", 0): rows(0.3, 0.8)}
+    summary = comparison(histories)
+    assert summary["dagger_minus_sft"] == pytest.approx(0.2) and summary["spread"] == 0
+    assert summary["dagger_beats_sft_beyond_spread"] is None
+    assert summary["every_dagger_seed_above_every_sft_seed"] is True
+    print_comparison(histories, summary)
+    out = capsys.readouterr().out
+    assert "no spread to compare it with" in out and "exceeds" not in out
