@@ -35,6 +35,11 @@ def draw_curves(runs: Sequence[tuple[str, list[dict]]], out: Path, x: str = "ite
     if x not in X_AXES:
         raise ValueError(f"x axis {x!r}: choose from {X_AXES}")
     fig, (resolve, shift) = plt.subplots(1, 2, figsize=(11, 4))
+    if all(len(rows) == 1 for _, rows in runs):
+        # Each run evaluated once (the demo evaluates its last iteration only): dots at nearly
+        # equal x values read as noise, so one bar per run instead.
+        _draw_bars(runs, resolve, shift)
+        return _save(fig, out)
     every_x = []
     for label, rows in runs:
         xs = [r.get(x, i + 1) for i, r in enumerate(rows)]
@@ -54,6 +59,38 @@ def draw_curves(runs: Sequence[tuple[str, list[dict]]], out: Path, x: str = "ite
             axis.set_xlim(min(every_x) - 1, max(every_x) + 1)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def _draw_bars(runs: Sequence[tuple[str, list[dict]]], resolve, shift) -> None:
+    """One evaluated iteration per run: its resolve rate, and its own- and teacher-state NLLs
+    side by side (a log scale: SFT's own-state NLL can be hundreds of times its teacher-state one)."""
+    labels = [label for label, _ in runs]
+    rows = [run_rows[0] for _, run_rows in runs]
+    positions = range(len(runs))
+    bars = resolve.bar(positions, [r["resolve_rate"] for r in rows], color=[f"C{i}" for i in positions])
+    resolve.bar_label(bars, fmt="%.3f", fontsize=8)
+    iterations = {r.get("iteration") for r in rows}
+    when = f"iteration {iterations.pop()}" if len(iterations) == 1 else "each run's evaluated iteration"
+    resolve.set(title=f"held-out resolve rate ({when})", ylim=(0, 1.05))
+    width = 0.4
+    for offset, key, hatch, name in ((-width / 2, "nll_student_states", "", "own states"),
+                                     (width / 2, "nll_teacher_states", "//", "teacher states")):
+        values = [r.get(key) for r in rows]
+        shown = [(i + offset, v) for i, v in zip(positions, values) if v is not None]
+        if shown:
+            xs, ys = zip(*shown)
+            drawn = shift.bar(xs, ys, width, hatch=hatch, label=name, edgecolor="black",
+                              color=[f"C{round(px - offset)}" for px in xs])
+            shift.bar_label(drawn, fmt="%.3g", fontsize=8)
+    shift.set(title="student NLL of teacher labels", ylabel="nats / token", yscale="log")
+    for axis in (resolve, shift):
+        axis.set_xticks(list(positions), labels)
+        axis.grid(alpha=0.3, axis="y")
+    shift.legend(fontsize=8)
+
+
+def _save(fig, out: Path) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

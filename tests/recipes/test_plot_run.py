@@ -28,3 +28,18 @@ def test_plots_several_runs_and_refuses_a_non_loop_dir(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     bad = run(str(tmp_path / "nowhere"), "--out", str(out))
     assert bad.returncode != 0 and "has no state.json" in bad.stderr
+
+
+def test_runs_evaluated_once_are_drawn_as_bars(tmp_path):
+    # The demo evaluates only its last iteration; bars, one per run, on a log NLL axis (SFT's
+    # own-state NLL can be hundreds of times its teacher-state one), and a run without NLLs.
+    for name, row in (("sft", {"resolve_rate": 0.667, "nll_student_states": 2.9, "nll_teacher_states": 0.004}),
+                      ("dagger", {"resolve_rate": 0.875, "nll_student_states": 0.02, "nll_teacher_states": 0.01}),
+                      ("grpo", {"resolve_rate": 0.5})):
+        (tmp_path / name).mkdir()
+        LoopState(iteration=3, history=[{"iteration": 3, "labelled_turns": 380, **row}]).save(tmp_path / name)
+    out = tmp_path / "bars.png"
+    done = run(*(str(tmp_path / n) for n in ("sft", "dagger", "grpo")), "--out", str(out),
+               "--x", "labelled_turns")
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
