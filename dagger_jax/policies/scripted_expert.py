@@ -240,13 +240,12 @@ class ScriptedExpert:
                     # The agent opened a file without the bug (one the issue does not name). A
                     # search for the function the issue names shows where it lives; guessing
                     # another file would teach a student to guess.
-                    if self.search == "definitions":
-                        return render_action(
-                            ToolCall("execute_bash", {"command": DEFINITIONS_LISTING}),
-                            "The bug is not in that file; listing the project's functions.")
-                    return render_action(
-                        ToolCall("execute_bash", {"command": definition_search(function)}),
-                        f"The bug is not in that file; searching for `{function}`.")
+                    command, thought = (
+                        (DEFINITIONS_LISTING, "listing the project's functions")
+                        if self.search == "definitions"
+                        else (definition_search(function), f"searching for `{function}`"))
+                    return render_action(ToolCall("execute_bash", {"command": command}),
+                                         f"The bug is not in that file; {thought}.")
                 return render_action(ToolCall("str_replace_editor", {"command": "view", "path": full}),
                                      _view_thought(path, function, _search_hit(calls, path)))
             # The fix's thought names the file as the view printed it just above, so the edit's
