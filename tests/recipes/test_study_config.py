@@ -47,9 +47,9 @@ def test_the_decoy_family_is_the_study_config_on_decoy_tasks():
     base = study("dagger")
     assert config.model == base.model and config.train == base.train
     assert parse_label_budgets(config.loop.label_budgets, config.loop.label_budget,
-                               config.loop.iterations) == [160, 80, 80, 80, 80]
+                               config.loop.iterations) == [160, 80, 80, 80, 80, 80]
     schedule = make_schedule(config.loop.schedule, json.loads(config.loop.schedule_params))
-    assert [schedule(i) for i in range(1, 6)] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert [schedule(i) for i in range(1, 7)] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert config.loop.first_round_epochs == 6 and config.eval.from_iteration == 5
     assert teacher_spec(config.loop) == {"kind": "expert", "search": "definitions"}
     train, heldout = load_tasks(config)
