@@ -8,7 +8,7 @@ The issue names the function, not the file, and the package holds the module wit
 a module of constants only (a decoy): the privileged teacher opens the right module at once, so
 SFT's student never sees a wrong look, and only DAgger's is labelled there (the teacher lists
 the project's functions, then opens the file the hit names). On 2 cores, two at a time, an SFT
-run takes ~23 minutes, a DAgger run ~37.
+run takes ~35 minutes, a DAgger run ~50 (five iterations took 23 and 37; the sixth 11-16).
 """
 
 from pathlib import Path
