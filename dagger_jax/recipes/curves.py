@@ -30,6 +30,15 @@ def evaluated_history(workdir: Path) -> list[dict]:
     return rows
 
 
+def nll_scale(values: Sequence[float]) -> str:
+    """"log" when the NLLs span ten times or more (SFT's own-state NLL can be hundreds of times
+    its teacher-state one, and a linear axis flattens every DAgger line at zero), else "linear"."""
+    values = [v for v in values if v is not None]
+    if values and min(values) > 0 and max(values) >= 10 * min(values):
+        return "log"
+    return "linear"
+
+
 def draw_curves(runs: Sequence[tuple[str, list[dict]]], out: Path, x: str = "iteration") -> Path:
     """Draws (label, history rows) runs into the PNG `out`."""
     if x not in X_AXES:
@@ -40,7 +49,7 @@ def draw_curves(runs: Sequence[tuple[str, list[dict]]], out: Path, x: str = "ite
         # equal x values read as noise, so one bar per run instead.
         _draw_bars(runs, resolve, shift)
         return _save(fig, out)
-    every_x = []
+    every_x, every_nll = [], []
     for label, rows in runs:
         xs = [r.get(x, i + 1) for i, r in enumerate(rows)]
         every_x += xs
@@ -48,11 +57,13 @@ def draw_curves(runs: Sequence[tuple[str, list[dict]]], out: Path, x: str = "ite
         # Own and teacher states told apart by marker too: a run evaluated once has no line.
         for key, style, marker in (("nll_student_states", "-", "o"), ("nll_teacher_states", "--", "x")):
             points = [(px, r[key]) for px, r in zip(xs, rows) if r.get(key) is not None]
+            every_nll += [value for _, value in points]
             if points:
                 shift.plot(*zip(*points), style, marker=marker, color=line.get_color(),
                            label=f"{label}: {'own' if 'student' in key else 'teacher'} states")
     resolve.set(title="held-out resolve rate", xlabel=x.replace("_", " "), ylim=(-0.02, 1.02))
-    shift.set(title="student NLL of teacher labels", xlabel=x.replace("_", " "), ylabel="nats / token")
+    shift.set(title="student NLL of teacher labels", xlabel=x.replace("_", " "), ylabel="nats / token",
+              yscale=nll_scale(every_nll))
     for axis in (resolve, shift):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations, labelled turns
         if max(every_x) - min(every_x) < 2:  # one evaluated iteration: whole numbers around it

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dagger_jax.recipes.curves import nll_scale
 from dagger_jax.recipes.loop import LoopState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,3 +44,11 @@ def test_runs_evaluated_once_are_drawn_as_bars(tmp_path):
                "--x", "labelled_turns")
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_the_nll_axis_is_logarithmic_when_the_values_span_ten_times():
+    # The decoy study's SFT own-state NLL (2-8 nats) beside DAgger's (0.008-0.13).
+    assert nll_scale([2.96, 0.004, 0.017, None]) == "log"
+    assert nll_scale([0.9, 0.5, 0.6]) == "linear"
+    assert nll_scale([0.0, 3.0]) == "linear"  # a zero has no place on a log axis
+    assert nll_scale([]) == "linear"
