@@ -1,4 +1,4 @@
-# The two commands of the README. Both set up what they need first (idempotent).
+# The commands of the README. Each sets up what it needs first (idempotent).
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -29,10 +29,11 @@ demo: setup sandbox-deps
 
 # The seed study where DAgger's gain exceeds the spread across seeds: the decoy family, SFT and
 # DAgger at each seed, 96 held-out tasks, two runs at a time (about 3 hours on 2 cores for four
-# seeds; the same WORKDIR resumes). Its summary.json says whether DAgger - SFT exceeds the spread.
+# seeds; the same WORKDIR resumes). Its summary.json says whether DAgger - SFT exceeds the spread
+# (docs/studies/06-decoy-family.md has the study).
 STUDY_SEEDS ?= 0,1,2,3
 study: setup sandbox-deps
-	$(VENV)/bin/python -m dagger_jax.demo --config=configs/local_decoys.py --workdir=$(WORKDIR) \
+	$(VENV)/bin/python -m dagger_jax.demo --config=configs/studies/decoys.py --workdir=$(WORKDIR) \
 	  --seeds=$(STUDY_SEEDS) --recipes=sft,dagger --jobs=$(JOBS)
 
 test: setup sandbox-deps

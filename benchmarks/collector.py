@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from dagger_jax.agent import ChatTokenizer  # noqa: E402
 from dagger_jax.data.examples import examples_from_records  # noqa: E402
-from dagger_jax.data.sample_corpus import sample_texts  # noqa: E402
+from dagger_jax.tokenizer.sample_corpus import sample_texts  # noqa: E402
 from dagger_jax.data.shards import iter_records  # noqa: E402
 from dagger_jax.envs.sandbox import make_backend  # noqa: E402
 from dagger_jax.envs.tasks.synthetic import generate_tasks  # noqa: E402

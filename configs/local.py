@@ -22,7 +22,7 @@ def get_config(arg: str | None = None):
         c.loop.enabled = True
         c.loop.recipe = arg
         # The demo (python -m dagger_jax.demo): tuned for 2 CPU cores; the knobs and what they
-        # cost are in the README. Short rows: attention on CPU costs ~T per token, and a
+        # cost are in docs/demo.md. Short rows: attention on CPU costs ~T per token, and a
         # compact-prompt expert episode (1,150-1,400 tokens) fits one 1536-token row (at 2048
         # rows were 59% full; at 1280 a tenth of SFT's last turns would not fit).
         c.train.update(dict(seq_len=1536, batch_size=2, lr=1.5e-3, schedule="constant",
@@ -36,19 +36,22 @@ def get_config(arg: str | None = None):
         # episodes; loop.cap_trained_labels). A fresh window of 40 training tasks per
         # iteration (the budget uses ~35 of them). Two epochs of each iteration's new data, one
         # of them over all the data so far (loop.earlier_epochs): SFT trains 135 steps instead of
-        # 180, DAgger 160-206 instead of 204-214. A refused edit shows the file's closest lines (loop.edit_miss_hint). With both,
-        # DAgger's resolve rate was above or equal to SFT's in each of 3 seeds (README).
+        # 180, DAgger 160-206 instead of 204-214. A refused edit shows the file's closest lines
+        # (loop.edit_miss_hint). With both, DAgger's resolve rate was above or equal to SFT's in
+        # each of 3 seeds (docs/studies/01-two-function-family.md).
         c.loop.update(dict(iterations=3, label_budget=120, tasks_per_iteration=40, epochs=2,
                            earlier_epochs=1,
                            max_turns=8, max_new_tokens=128, context_budget=2048, concurrency=6,
                            prompt_style="compact", edit_miss_hint=True))
         # DAgger's student acts greedily in collection, as it is evaluated, so the states it is
         # labelled on are those the evaluated policy reaches. Measured against PAPER.md's
-        # 0.7 / 0.9 (README): no difference in resolve rate beyond the seed spread.
+        # 0.7 / 0.9 (docs/studies/01-two-function-family.md): no difference in resolve rate
+        # beyond the seed spread.
         c.loop.temperature = 0.0
         # A narrow task family a from-scratch student can learn on CPU: 2 functions per file
         # from the first 4 templates, operator bugs only, always in `ledger/core.py` (a student
-        # this size does not learn to copy a path from the issue within the budget; README).
+        # this size does not learn to copy a path from the issue within the budget;
+        # docs/demo.md).
         c.tasks.update(dict(templates=4, bug_kinds="compare,arith", packages=1,
                             numbered_packages=False, modules=1, num_train=160,
                             num_heldout=24))

@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
         # Epochs of iteration 1's data in round 1 (-1: loop.epochs). A student trained from
         # scratch on a small first budget can need more passes before its replies parse; until
         # they do, a DAgger student that acts in iteration 2 is taken over on every turn and
-        # reaches no state of its own (README, study section).
+        # reaches no state of its own (docs/studies/06-decoy-family.md).
         first_round_epochs=-1,
         max_turns=12,
         max_new_tokens=192,

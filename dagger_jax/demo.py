@@ -25,9 +25,9 @@ from absl import app, flags
 
 from dagger_jax.log_filters import quiet_library_logs
 from dagger_jax.main import _CONFIG, _WORKDIR, initialize_distributed, print_history, run
-from dagger_jax.recipes.curves import draw_curves
-from dagger_jax.recipes.recipes import get_recipe
+from dagger_jax.reports.curves import draw_curves
 from dagger_jax.run_processes import run_in_processes
+from dagger_jax.settings import read_settings
 
 # --config (the loop config every run shares; the recipe is set per run) and --workdir (the
 # demo's directory, one subdir per run) are the entry point's flags.
@@ -41,13 +41,13 @@ _COMPARE = flags.DEFINE_bool("compare", True, "Print the comparison, write summa
 
 def run_config(base: ml_collections.ConfigDict, recipe: str, seed: int) -> ml_collections.ConfigDict:
     """The base config with this run's recipe and seed (the held-out tasks stay fixed)."""
-    get_recipe(recipe)  # an unknown name fails before anything runs
     config = ml_collections.ConfigDict(base.to_dict())
     config.loop.enabled = True
     config.loop.recipe = recipe
     config.seed = base.seed + seed
     config.tasks.train_seed = base.tasks.train_seed + seed
     config.lock()
+    read_settings(config)  # a bad recipe or setting fails before any run starts
     return config
 
 
@@ -119,7 +119,7 @@ def run_each_in_a_process(configs: dict[tuple[str, int], ml_collections.ConfigDi
     def done(name: str) -> None:
         print(f"\n=== {name} done: {workdir / name}", flush=True)
         state = json.loads((workdir / name / "state.json").read_text())
-        print_history(configs[names[name]], state["history"])
+        print_history(names[name][0], state["history"])
         sys.stdout.flush()
 
     run_in_processes(commands, logs, jobs, on_done=done)

@@ -1,13 +1,17 @@
-"""Entry point: `python -m dagger_jax.main --config=configs/local.py --workdir=W`.
+"""Entry point: `python -m dagger_jax.main --config=configs/local.py[:recipe] --workdir=W`.
 
-Wires a config into the parts: tokenizer, data, trainer, export. Until the DAgger loop exists,
-the job trains the student on the built-in sample conversations.
+The one place that wires a run: it reads the config once into settings (settings.py), then
+builds, in order, the workdir and its tokenizer, the trainer, and for the outer loop the task
+sets, the actors, the sandbox backend and the loop itself. Without a recipe the job trains the
+student on the built-in sample conversations.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +20,27 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from dagger_jax.data.encode import encode_chat
+from dagger_jax.agent import ChatTokenizer
 from dagger_jax.data.packing import batch_for_step, pack_examples
-from dagger_jax.data.sample_corpus import sample_conversations, sample_texts
-from dagger_jax.models.config import Qwen3Config
-from dagger_jax.models.hf_export import export_hf
-from dagger_jax.recipes.loop import Loop
-from dagger_jax import workdir as layout
+from dagger_jax.tokenizer.sample_corpus import sample_conversations
+from dagger_jax.envs.sandbox import make_backend
+from dagger_jax.envs.tasks.sets import TaskSets, load_task_sets
+from dagger_jax.envs.tasks.task import write_tasks
 from dagger_jax.log_filters import quiet_library_logs
-from dagger_jax.tokenizer import ensure_default_tokenizer, load_tokenizer, save_tokenizer
+from dagger_jax.models.hf_export import export_hf
+from dagger_jax.recipes.loop import Loop, LoopParts
+from dagger_jax.settings import RunSettings, read_settings
+from dagger_jax.storage import layout
+from dagger_jax.tokenizer import load_tokenizer, save_tokenizer
+from dagger_jax.tokenizer.default import default_tokenizer
 from dagger_jax.train.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, logs, exports).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Corpus size for the embedded default tokenizer; fixed so the vocabulary is reproducible.
-_TOKENIZER_CORPUS = 400
-
-
 def initialize_distributed(config: Any) -> None:
-    d = config.distributed
+    d = read_settings(config).distributed
     if not d.enabled:
         return
     kwargs = {}
@@ -46,21 +50,19 @@ def initialize_distributed(config: Any) -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def prepare_tokenizer(config: Any, workdir: Path) -> Path:
+def prepare_tokenizer(workdir: Path, source_dir: str = "", vocab_size: int = 1024) -> Path:
     """The run's tokenizer, copied into the workdir on first start.
 
     Source, in order: what the workdir already holds (a resumed run, or `tools/import_hf.py`),
-    `config.tokenizer.dir`, else the embedded default BPE trained on the sample corpus.
+    `source_dir` (config.tokenizer.dir), else the embedded default BPE of `vocab_size`.
     """
     target = layout.tokenizer_dir(workdir)
     if layout.has_tokenizer(workdir):
         return target
-    if config.tokenizer.dir:
-        source = Path(config.tokenizer.dir)
+    if source_dir:
+        source = Path(source_dir)
     else:
-        source = ensure_default_tokenizer(workdir / ".tokenizer_build",
-                                          sample_texts(_TOKENIZER_CORPUS, seed=1_000_003),
-                                          config.tokenizer.vocab_size)
+        source = default_tokenizer(workdir / ".tokenizer_build", vocab_size)
     if jax.process_index() == 0:
         save_tokenizer(load_tokenizer(source), target)
     # The other processes read what process 0 just wrote.
@@ -68,54 +70,86 @@ def prepare_tokenizer(config: Any, workdir: Path) -> Path:
     return target
 
 
-def sample_batches(config: Any, tokenizer) -> Any:
+def sample_batches(config: Any, settings: RunSettings, tokenizer) -> Any:
     if config.data.source != "sample":
         raise ValueError(f"config.data.source={config.data.source!r}: only 'sample' exists so far")
     conversations = sample_conversations(config.data.num_examples, seed=config.seed)
-    packed = pack_examples([encode_chat(tokenizer, c) for c in conversations], config.train.seq_len)
-    return lambda step: batch_for_step(packed, step, config.train.batch_size, config.seed)
+    chat = ChatTokenizer(tokenizer)
+    packed = pack_examples([chat.conversation(c).arrays() for c in conversations],
+                           settings.train.seq_len)
+    return lambda step: batch_for_step(packed, step, settings.train.batch_size, config.seed)
 
 
 def run(config: Any, workdir: str | Path) -> Path | None:
     """Trains per config in workdir; returns the HF export directory (process 0) if exported."""
-    if config.train.round_schedule and not config.loop.enabled:
-        raise ValueError(f"config.train.round_schedule={config.train.round_schedule!r} restarts the "
-                         "rate in every outer-loop round; the plain job has none (set "
-                         "config.loop.enabled or use config.train.schedule)")
+    settings = read_settings(config)  # every check before the workdir is touched
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model_config = Qwen3Config.from_dict(config.model.to_dict(), where="config.model")
-    tokenizer_dir = prepare_tokenizer(config, workdir)
+    tokenizer_dir = prepare_tokenizer(workdir, settings.tokenizer_dir, settings.tokenizer_vocab_size)
     tokenizer = load_tokenizer(tokenizer_dir)
-    if len(tokenizer) > model_config.vocab_size:
-        raise ValueError(f"tokenizer {tokenizer_dir} has {len(tokenizer)} tokens but "
-                         f"config.model.vocab_size is {model_config.vocab_size}")
+    settings = settings.with_tokenizer_size(len(tokenizer))
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    if config.loop.enabled:
-        history = Loop(config, workdir, model_config, tokenizer_dir).run()
-        print_history(config, history)
+        layout.config_file(workdir).write_text(config.to_json_best_effort(indent=2))
+    trainer = Trainer(settings.train, workdir, settings.model)
+    export = functools.partial(_export, settings, tokenizer_dir)
+    if settings.loop is not None:
+        history = Loop(settings.loop, workdir, loop_parts(settings, workdir, trainer, export,
+                                                          tokenizer_dir)).run()
+        print_history(config.loop.recipe, history)
         return layout.export_dir(workdir)
-    trainer = Trainer(config, workdir, model_config)
-    state = trainer.fit(sample_batches(config, tokenizer))
-    if not config.export.at_end:
+    state = trainer.fit(sample_batches(config, settings, tokenizer))
+    if not settings.export.at_end:
         return None
-    out = export_hf(state.params, model_config, layout.export_dir(workdir), tokenizer_dir=tokenizer_dir,
-                    dtype=config.export.dtype, max_shard_bytes=config.export.max_shard_bytes)
+    out = export(state.params, layout.export_dir(workdir))
     if out is not None:
         logging.info("exported step %d to %s", int(state.step), out)
         (out / "dagger_jax.json").write_text(json.dumps({"step": int(state.step)}))
     return out
 
 
-def print_history(config: Any, history: list[dict]) -> None:
+def _export(settings: RunSettings, tokenizer_dir: Path, params: Any, out: Path) -> Path | None:
+    return export_hf(params, settings.model, out, tokenizer_dir=tokenizer_dir,
+                     dtype=settings.export.dtype, max_shard_bytes=settings.export.max_shard_bytes)
+
+
+def loop_parts(settings: RunSettings, workdir: Path, trainer: Trainer, export: Any,
+               tokenizer_dir: Path) -> LoopParts:
+    """The outer loop's parts: task sets, actors, the student's chat encoding, sandboxes."""
+    loop = settings.loop
+    tasks = load_task_sets(settings.tasks, loop.eval.num_tasks if loop.eval.enabled else 0)
+    return LoopParts(trainer=trainer, export=export, tasks=tasks, actors=settings.actors,
+                     chat=ChatTokenizer.from_path(tokenizer_dir),
+                     backend=make_backend(loop.sandbox),
+                     train_tasks_file=functools.partial(write_train_tasks, tasks, workdir))
+
+
+def write_train_tasks(tasks: TaskSets, workdir: Path) -> Path:
+    """The training tasks as a task file in the workdir (for the rollout service, which reads
+    files), written once: an existing file with the same content is reused, a different one
+    replaced."""
+    path = layout.train_tasks_file(workdir).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of this process's own (write_tasks writes it atomically), then compared with and
+    # renamed over the file: every process of a multi-host run may do this at once.
+    tmp = path.with_name(f"{path.name}.{jax.process_index()}.{os.getpid()}")
+    write_tasks(tasks.train, tmp)
+    if path.exists() and path.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+    else:
+        if path.exists():
+            logging.warning("%s holds other tasks than this run's training tasks: replaced", path)
+        os.replace(tmp, path)
+    return path
+
+
+def print_history(recipe: str, history: list[dict]) -> None:
     """One row per iteration: the numbers the recipes are compared by."""
     if jax.process_index() != 0 or not history:
         return
     columns = ("iteration", "beta", "labelled_turns", "trained_labels", "train_steps",
                "resolve_rate", "submission_rate", "parse_error_rate", "mean_turns", "loop_rate",
                "nll_student_states", "nll_teacher_states")
-    print(f"recipe {config.loop.recipe}")
+    print(f"recipe {recipe}")
     print(" ".join(f"{c:>18}" for c in columns))
     for row in history:
         print(" ".join(f"{row.get(c, float('nan')):>18.4g}" if isinstance(row.get(c), float)

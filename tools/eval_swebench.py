@@ -32,6 +32,7 @@ from dagger_jax.envs.tasks.swebench_source import read_instance_pairs
 from dagger_jax.envs.tasks.task import BadTaskLine
 from dagger_jax.rollout import swebench_eval as se
 from dagger_jax.rollout.mixed_episode import EpisodeSettings
+from dagger_jax.tokenizer.default import default_tokenizer
 
 PROG = "eval_swebench"
 
@@ -99,12 +100,15 @@ def default_model_name(args: argparse.Namespace) -> str:
 
 
 async def produce(args: argparse.Namespace, tasks: list, model_name: str) -> se.PredictionRun:
+    tokenizer = args.tokenizer
+    if tokenizer is None and args.policy == "expert":  # it only measures the context
+        tokenizer = default_tokenizer(args.out / ".tokenizer")
     try:
         acting = se.eval_actor(
             student_dir=args.student,
             endpoints=[u for u in (args.student_endpoints or "").split(",") if u],
-            policy=args.policy, tokenizer_dir=args.tokenizer, max_new_tokens=args.max_new_tokens,
-            max_batch=args.concurrency, default_tokenizer_cache=args.out / ".tokenizer")
+            policy=args.policy, tokenizer_dir=tokenizer, max_new_tokens=args.max_new_tokens,
+            max_batch=args.concurrency)
     except (FileNotFoundError, ValueError) as e:
         raise BadInput(str(e)) from None
     budget = min(args.context_budget, acting.context_limit or args.context_budget)

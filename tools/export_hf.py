@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dagger_jax import workdir as layout
+from dagger_jax.storage import layout
 from dagger_jax.log_filters import quiet_library_logs
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import EXPORT_DTYPES, export_hf

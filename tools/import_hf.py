@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from dagger_jax import workdir as layout
+from dagger_jax.storage import layout
 from dagger_jax.log_filters import quiet_library_logs
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_import import load_hf_params

@@ -32,12 +32,10 @@ from dagger_jax.data.shards import (
     MANIFEST,
     EpisodeSource,
     ShardError,
-    all_iteration_dirs,
     iter_records,
-    iteration_dirs_in,
-    iteration_of,
     read_manifest,
 )
+from dagger_jax.storage.layout import all_iteration_dirs, iteration_dirs_in, iteration_of
 
 # Example statistics without a length limit: what the episodes would cost to train on.
 _NO_LIMIT = 2**62

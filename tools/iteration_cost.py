@@ -3,7 +3,7 @@
     python tools/iteration_cost.py --config configs/qwen3_4b.py:dagger \
         [--mean-turns 40] [--tokens-per-turn 1000] [--markdown]
 
-The two assumptions are stated in dagger_jax/recipes/cost.py; the rest comes from the config.
+The two assumptions are stated in dagger_jax/reports/cost.py; the rest comes from the config.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import json
 import sys
 
 from dagger_jax.config_base import load_config_file
-from dagger_jax.recipes.cost import iteration_cost
+from dagger_jax.reports.cost import iteration_cost
+from dagger_jax.settings import loop_settings, recipe_run
 
 
 def load_config(spec: str):
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     if not config.loop.enabled:
         raise SystemExit(f"iteration_cost: {args.config} runs no loop (name a recipe: FILE:dagger)")
-    rows = [iteration_cost(config, i, args.mean_turns, args.tokens_per_turn)
+    # The loop's plan only: where the teacher will be served does not change what it costs.
+    loop = loop_settings(config, recipe_run(config))
+    rows = [iteration_cost(loop, i, args.mean_turns, args.tokens_per_turn)
             for i in range(1, config.loop.iterations + 1)]
     if not args.markdown:
         for row in rows:

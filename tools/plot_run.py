@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dagger_jax.recipes.curves import X_AXES, draw_curves, evaluated_history
+from dagger_jax.reports.curves import X_AXES, draw_curves, evaluated_history
 
 
 def main(argv: list[str] | None = None) -> int:

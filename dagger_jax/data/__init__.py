@@ -1,5 +1,5 @@
-"""Training data: the built-in sample corpus, chat encoding with loss masks, packing.
+"""Training data: trajectory records and their shards, examples, packing, the grain pipeline.
 
-Modules are imported directly (dagger_jax.data.encode, .packing, .sample_corpus) so
-that importing one does not pull in the heavy dependencies of the others.
+Modules are imported directly (dagger_jax.data.records, .shards, ...) so that importing one does
+not pull in the heavy dependencies of the others.
 """

@@ -51,13 +51,13 @@ from typing import Any
 import numpy as np
 
 from dagger_jax.data.records import EpisodeRecord
+from dagger_jax.names import check_weight
 
 LABEL_TRUNK = "label_trunk"
 STUDENT_TURN = "student_turn"
 STUDENT_TRUNK = "student_trunk"
 
-# The per-token weights of the recipes (recipes.Recipe.weight), and the target each trains on.
-WEIGHTINGS = ("one", "reverse_kl", "group_advantage")
+# The target each weight (names.WEIGHTS) trains on.
 TARGETS = ("label", "executed")
 # A teacher log-prob of -inf (the teacher gives the student's token no mass at all) would make
 # the loss infinite; it is floored here (e^-20: "the teacher never says this").
@@ -71,8 +71,7 @@ DROP_STUDENT_PAST_MAX_LEN = "student_turn_past_max_len"
 
 def target_of(weighting: str) -> str:
     """"label" for weight one (the teacher's action), "executed" for the on-policy weights."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting {weighting!r} not in {WEIGHTINGS}")
+    check_weight(weighting, "example weighting")
     return "label" if weighting == "one" else "executed"
 
 
@@ -222,11 +221,10 @@ def build_example(record: EpisodeRecord, spec: ExampleSpec, weighting: str = "on
                   advantage: float = 0.0) -> Example:
     """The ids, loss mask and per-token weights of one planned example of record.
 
-    weighting is the recipe's weight (WEIGHTINGS); advantage is the episode's group-normalised
+    weighting is the recipe's weight (names.WEIGHTS); advantage is the episode's group-normalised
     advantage (group_advantage only). Label examples take weight one only.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting {weighting!r} not in {WEIGHTINGS}")
+    check_weight(weighting, "example weighting")
     trunk = record.trunk_ids
     if spec.kind == STUDENT_TRUNK:
         return _build_student_trunk(record, spec, weighting, advantage)

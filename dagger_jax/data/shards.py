@@ -52,47 +52,12 @@ WRITER_OPTIONS = "group_size:1,zstd:3"
 RANDOM_READER_OPTIONS = "readahead_buffer_size:0"
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_ITER_RE = re.compile(r"iter_(\d+)")
 
 PathLike = str | os.PathLike
 
 
 class ShardError(RuntimeError):
     """A shard or manifest that cannot be read as listed; the message names the file."""
-
-
-# --- layout -------------------------------------------------------------------------------
-
-
-def data_dir(workdir: PathLike) -> Path:
-    return Path(workdir) / "data"
-
-
-def iteration_dir(workdir: PathLike, iteration: int) -> Path:
-    """<workdir>/data/iter_NNN: where iteration `iteration`'s episodes are written."""
-    if iteration < 0:
-        raise ValueError(f"iteration must be >= 0, got {iteration}")
-    return data_dir(workdir) / f"iter_{iteration:03d}"
-
-
-def iteration_of(directory: PathLike) -> int | None:
-    """N for a directory named iter_N, else None."""
-    match = _ITER_RE.fullmatch(Path(directory).name)
-    return int(match.group(1)) if match else None
-
-
-def iteration_dirs_in(parent: PathLike) -> list[Path]:
-    """The iter_NNN directories directly under parent, by iteration number."""
-    parent = Path(parent)
-    if not parent.is_dir():
-        return []
-    found = [(iteration_of(p), p) for p in parent.iterdir() if p.is_dir()]
-    return [p for i, p in sorted((i, p) for i, p in found if i is not None)]
-
-
-def all_iteration_dirs(workdir: PathLike) -> list[Path]:
-    """Every iteration's data directory in a workdir, in iteration order (aggregation)."""
-    return iteration_dirs_in(data_dir(workdir))
 
 
 # --- manifest -----------------------------------------------------------------------------

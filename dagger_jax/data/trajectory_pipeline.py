@@ -52,11 +52,12 @@ from typing import Any
 import grain
 import numpy as np
 
-from dagger_jax.data.examples import (WEIGHTINGS, ExampleStats, build_example, plan_examples,
+from dagger_jax.data.examples import (ExampleStats, build_example, plan_examples,
                                       target_of)
 from dagger_jax.data.packing import FLOAT_KEYS, PACKED_KEYS, pack_examples
 from dagger_jax.data.records import EpisodeRecord, RecordError
 from dagger_jax.data.shards import EpisodeSource
+from dagger_jax.names import check_weight
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,7 @@ class TrajectoryPipeline:
             raise ValueError(f"process_index={process_index} not in [0, {process_count})")
         if open_bins < 1:
             raise ValueError(f"open_bins must be >= 1, got {open_bins}")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting {weighting!r} not in {WEIGHTINGS}")
+        check_weight(weighting, "TrajectoryPipeline weighting")
         self.weighting, self.success_filter = weighting, success_filter
         dir_count = 1 if isinstance(dirs, (str, os.PathLike)) else len(dirs)
         if label_caps is not None and (len(label_caps) != dir_count or min(label_caps) < 0):

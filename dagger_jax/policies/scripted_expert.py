@@ -178,7 +178,7 @@ def _view_thought(path: str, function: str | None, after_hit: bool) -> str:
     Each thought repeats a name from close above, the kind of copy a small student learns: after
     a search, the hit as grep printed it (`./PATH`; with the first-look phrase students viewed
     their own earlier, wrong file again); on a first look, the function the issue names, so every
-    episode practises the copy a recovery's search needs (README, study section).
+    episode practises the copy a recovery's search needs (docs/studies/06-decoy-family.md).
     """
     if after_hit:
         return f"The search found it in `./{path}`; viewing it."
@@ -200,7 +200,7 @@ DEFINITIONS_LISTING = 'grep -rn --include=*.py --exclude-dir=tests "def " .'
 # "function" greps for the name the issue gives (the student must copy it from the issue);
 # "definitions" lists all definitions (a fixed command; the student picks the hit). A student
 # trained from scratch writes a memorised synonym for the issue's name (`in_order` where it
-# says `is_sorted`) and its search finds nothing (README, study section).
+# says `is_sorted`) and its search finds nothing (docs/studies/06-decoy-family.md).
 SEARCHES = ("function", "definitions")
 
 

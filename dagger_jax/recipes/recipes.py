@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from dagger_jax.names import LABELS, WEIGHTS
+from dagger_jax.recipes.schedules import Schedule
 from dagger_jax.rollout.mixing import RolloutRule
 
 EXECUTORS = ("teacher", "mixture", "student_prefix", "student")
-LABELS = ("action", "logprobs", "none")
-# The weight is also the train objective's name (train/loss.py) and the data pipeline's
-# weighting (data/examples.py): one | reverse_kl | group_advantage.
-WEIGHTS = ("one", "reverse_kl", "group_advantage")
 # Teachers that can score the student's tokens (label="logprobs"): a model behind token ids in
 # the student's tokenizer. The scripted expert and chat APIs give text only.
 TEACHERS_WITH_LOGPROBS = ("sglang",)
@@ -29,22 +27,11 @@ class Recipe:
     success_filter: bool = False   # rejection-sampling SFT: train only on resolved episodes
     aggregate: bool = True     # train on all iterations' data (DAgger) or this iteration's only
     group_size: int = 1        # episodes per task (GRPO's G)
-    uses_beta: bool = False    # whether the beta schedule applies
 
     def __post_init__(self):
         for field, allowed in (("executor", EXECUTORS), ("label", LABELS), ("weight", WEIGHTS)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"recipe {self.name}: {field} {getattr(self, field)!r} not in {allowed}")
-
-    def rollout_rule(self, beta: float, student_prefix: int = 0) -> RolloutRule:
-        """This iteration's rollout rule (beta from the schedule, k for AggreVaTe)."""
-        if self.executor == "teacher":
-            return RolloutRule(beta=1.0, label=self.label)
-        if self.executor == "student":
-            return RolloutRule(beta=0.0, label=self.label)
-        if self.executor == "student_prefix":
-            return RolloutRule(beta=0.0, student_prefix=student_prefix, label=self.label)
-        return RolloutRule(beta=beta, label=self.label)
 
     def check_teacher(self, teacher: str, endpoints: str = "") -> None:
         """Refuse, at config time, a teacher that cannot give what this recipe asks of it."""
@@ -61,10 +48,60 @@ class Recipe:
                              "config.loop.teacher_endpoints (comma-separated SGLang URLs)")
 
 
+
+@dataclasses.dataclass(frozen=True)
+class RecipeRun:
+    """A recipe with this run's rollout knobs: the one place an iteration's rollout rule (who
+    executes each turn, what the teacher gives) is decided. Nothing amends the rule later.
+
+    beta_i comes from `schedule` for the mixture recipe (DAgger); the teacher recipes act with
+    beta 1 and the student recipes with beta 0. AggreVaTe's student prefix is
+    k_i = prefix_start + prefix_step (i - 1).
+    """
+
+    recipe: Recipe
+    schedule: Schedule
+    prefix_start: int = 2
+    prefix_step: int = 2
+    takeover_unparseable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.takeover_unparseable and self.recipe.label != "action":
+            raise ValueError(
+                f"config.loop.takeover_unparseable=True but recipe {self.recipe.name!r} gets "
+                f"{_gets(self.recipe)} from the teacher: a takeover executes the teacher's action "
+                "label, which only the action-label recipes (sft, rs_sft, dagger, aggrevate) ask for")
+        if self.prefix_start < 0 or self.prefix_step < 0:
+            raise ValueError(f"config.loop.prefix_start={self.prefix_start} and prefix_step="
+                             f"{self.prefix_step} must be >= 0")
+
+    def beta(self, iteration: int) -> float:
+        """The teacher's probability per turn at iteration `iteration` (1-based)."""
+        if self.recipe.executor == "mixture":
+            return self.schedule(iteration)
+        return 1.0 if self.recipe.executor == "teacher" else 0.0
+
+    def rollout_rule(self, iteration: int) -> RolloutRule:
+        """Iteration `iteration`'s rule, complete."""
+        prefix = (self.prefix_start + self.prefix_step * (iteration - 1)
+                  if self.recipe.executor == "student_prefix" else None)
+        return RolloutRule(beta=self.beta(iteration), student_prefix=prefix, label=self.recipe.label,
+                           takeover_unparseable=self.takeover_unparseable)
+
+    def student_acts(self, iteration: int) -> bool:
+        """Whether the student executes any turn of iteration `iteration`'s episodes."""
+        rule = self.rollout_rule(iteration)
+        return rule.beta < 1.0 or rule.student_prefix is not None
+
+
+def _gets(recipe: Recipe) -> str:
+    return "log-probs" if recipe.label == "logprobs" else "no labels"
+
+
 RECIPES = {r.name: r for r in (
     Recipe("sft", executor="teacher", label="action", weight="one"),
     Recipe("rs_sft", executor="teacher", label="action", weight="one", success_filter=True),
-    Recipe("dagger", executor="mixture", label="action", weight="one", uses_beta=True),
+    Recipe("dagger", executor="mixture", label="action", weight="one"),
     Recipe("aggrevate", executor="student_prefix", label="action", weight="one"),
     Recipe("opd", executor="student", label="logprobs", weight="reverse_kl", aggregate=False),
     Recipe("grpo", executor="student", label="none", weight="group_advantage", aggregate=False,

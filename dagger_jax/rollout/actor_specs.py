@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any, Mapping
 
 from dagger_jax.agent import ChatTokenizer
 from dagger_jax.policies.actors import Actor, ExpertActor, TokenActor
 from dagger_jax.policies.endpoint_pool import EndpointPool
 from dagger_jax.policies.generation import SamplingParams
+from dagger_jax.policies.local_sampler import LocalSampler
 from dagger_jax.policies.scripted_expert import ScriptedExpert
 
 KINDS = ("expert", "sglang", "openai")
@@ -39,3 +42,52 @@ def build_actor(spec: Mapping[str, Any] | None, chat: ChatTokenizer, role: str) 
         if not isinstance(spec.get(key), str):
             raise ValueError(f"{role} actor spec: '{key}' must be a string")
     return APIChatActor.from_spec(spec, sampling)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorSource:
+    """The teacher and the student of a run, as the loop needs them for each collection.
+
+    The teacher is its spec. The student is the served student when `student_endpoints` are
+    set (the same spec a rollout-service job carries), else the in-process JAX sampler on the
+    latest export. Actors are built inside the event loop that uses them.
+    """
+
+    teacher_spec: Mapping[str, Any]
+    collect_sampling: SamplingParams      # the student acting in training collection
+    eval_sampling: SamplingParams         # the student on held-out tasks (greedy)
+    student_endpoints: tuple[str, ...] = ()
+    max_batch: int = 4                    # in-process sampler: requests decoded together
+
+    def sampling(self, greedy: bool) -> SamplingParams:
+        return self.eval_sampling if greedy else self.collect_sampling
+
+    def student_spec(self, greedy: bool) -> dict[str, Any] | None:
+        """The served student as an actor spec; None when the student is in-process."""
+        if not self.student_endpoints:
+            return None
+        return {"kind": "sglang", "endpoints": list(self.student_endpoints),
+                "sampling": self.sampling(greedy).to_sglang()}
+
+    def teacher(self, chat: ChatTokenizer) -> Actor:
+        return build_actor(self.teacher_spec, chat, "teacher")
+
+    def student(self, chat: ChatTokenizer, greedy: bool, export_dir: Path,
+                weight_version: str) -> Actor:
+        spec = self.student_spec(greedy)
+        if spec is not None:
+            return build_actor(spec, chat, "student")
+        sampler = LocalSampler.from_hf_dir(export_dir, tokenizer=None, max_batch=self.max_batch,
+                                           weight_version=weight_version,
+                                           vocab_limit=len(chat.tokenizer))
+        return TokenActor("student", sampler, chat, self.sampling(greedy))
+
+
+async def close_actor(actor: Any) -> None:
+    """Closes an actor's HTTP sessions or sampler, whichever it holds (None: nothing)."""
+    if actor is None:
+        return
+    close = getattr(actor, "aclose", None) or \
+        getattr(getattr(actor, "generator", None), "aclose", None)
+    if close is not None:
+        await close()

@@ -12,9 +12,11 @@ teacher visits. A student that only learned the teacher's states does worse on i
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Sequence
 
 from dagger_jax.data.records import EpisodeRecord
+from dagger_jax.policies.local_sampler import LocalSampler
 
 LOOP_REPEATS = 3
 Scorer = Callable[[Sequence[int], Sequence[int]], Awaitable[Sequence[float]]]
@@ -76,3 +78,17 @@ async def covariate_shift(score: Scorer, student_records: Iterable[EpisodeRecord
     teacher = await label_nll(score, labelled_states(teacher_records, "teacher"), max_states, seed)
     gap = own - teacher if own is not None and teacher is not None else None
     return {"nll_student_states": own, "nll_teacher_states": teacher, "shift_gap": gap}
+
+
+async def export_covariate_shift(export_dir: Path, student_records: Sequence[EpisodeRecord],
+                                 teacher_records: Sequence[EpisodeRecord], max_states: int = 32,
+                                 seed: int = 0) -> dict[str, float]:
+    """covariate_shift scored by the exported student itself (in-process JAX sampler), with the
+    measures that have no states left out."""
+    sampler = LocalSampler.from_hf_dir(export_dir, tokenizer=None)
+    try:
+        shift = await covariate_shift(sampler.score, student_records, teacher_records, max_states,
+                                      seed=seed)
+    finally:
+        await sampler.aclose()
+    return {k: v for k, v in shift.items() if v is not None}

@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from dagger_jax.names import check_label
+
 STUDENT, TEACHER = "student", "teacher"
-LABEL_MODES = ("action", "logprobs", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,7 @@ class RolloutRule:
             raise ValueError(f"RolloutRule.beta must be in [0, 1], got {self.beta!r}")
         if self.student_prefix is not None and self.student_prefix < 0:
             raise ValueError(f"RolloutRule.student_prefix must be >= 0, got {self.student_prefix!r}")
-        if self.label not in LABEL_MODES:
-            raise ValueError(f"RolloutRule.label {self.label!r} not in {LABEL_MODES}")
+        check_label(self.label, "RolloutRule")
         if self.takeover_unparseable and self.label != "action":
             raise ValueError(f"RolloutRule.takeover_unparseable needs the teacher's action as "
                              f"label (label 'action'), not {self.label!r}")

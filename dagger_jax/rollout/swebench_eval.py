@@ -56,7 +56,6 @@ from swebench.harness.utils import make_test_spec
 
 from dagger_jax.agent import ChatTokenizer
 from dagger_jax.data.records import EpisodeRecord
-from dagger_jax.data.sample_corpus import sample_texts
 from dagger_jax.envs.sandbox.base import SandboxBackend
 from dagger_jax.envs.tasks.task import Task
 from dagger_jax.policies.actors import Actor, TokenActor
@@ -66,7 +65,6 @@ from dagger_jax.rollout.collector import CollectionJob, collect
 from dagger_jax.rollout.mixed_episode import EpisodeSettings
 from dagger_jax.rollout.mixing import RolloutRule
 from dagger_jax.rollout.stats import CollectorStats
-from dagger_jax.tokenizer import ensure_default_tokenizer
 
 PREDICTION_KEYS = ("instance_id", "model_name_or_path", "model_patch")
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -76,7 +74,6 @@ HARNESS_LOG_DIR = Path("logs") / "run_evaluation"
 # Episodes that ended by a fault of the machinery, not of the model: no prediction, retried.
 RETRY_REASONS = ("sandbox_error", "policy_error")
 # The embedded default BPE (as main.py builds it) for the expert when no tokenizer is given.
-DEFAULT_TOKENIZER_TEXTS, DEFAULT_TOKENIZER_VOCAB = 400, 1024
 GRADED_BY = "swebench {version}: harness.run_evaluation.run_instance (harness.grading.get_eval_report)"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _LOG_DIR_LOCK = threading.Lock()
@@ -177,15 +174,14 @@ class EvalActor:
 
 def eval_actor(*, student_dir: str | Path | None = None, endpoints: Sequence[str] = (),
                policy: str | None = None, tokenizer_dir: str | Path | None = None,
-               max_new_tokens: int = 1024, max_batch: int = 4,
-               default_tokenizer_cache: str | Path | None = None) -> EvalActor:
+               max_new_tokens: int = 1024, max_batch: int = 4) -> EvalActor:
     """Exactly one of: an HF-format student export run in this process (LocalSampler), SGLang
     endpoints serving the student, or policy="expert" (the scripted expert, to check the
     pipeline). Sampling is greedy. FileNotFoundError / ValueError name what is wrong.
 
     The conversation's tokenizer: tokenizer_dir, else the student export's own; the SGLang
-    student needs tokenizer_dir; the expert takes the embedded default BPE (built once into
-    default_tokenizer_cache) when none is given (it only measures the context then)."""
+    student and the expert need tokenizer_dir (the expert's only measures the context: the tool
+    gives it the embedded default when none is named)."""
     chosen = [x for x in (student_dir, list(endpoints) or None, policy) if x]
     if len(chosen) != 1:
         raise ValueError("give exactly one of a student directory, student endpoints or a policy")
@@ -216,11 +212,7 @@ def eval_actor(*, student_dir: str | Path | None = None, endpoints: Sequence[str
     if policy != "expert":
         raise ValueError(f"unknown policy {policy!r}: only 'expert' (the scripted expert)")
     if tokenizer_dir is None:
-        if default_tokenizer_cache is None:
-            raise ValueError("the expert needs a tokenizer directory or a cache to build one in")
-        tokenizer_dir = ensure_default_tokenizer(
-            default_tokenizer_cache, sample_texts(DEFAULT_TOKENIZER_TEXTS, seed=1_000_003),
-            DEFAULT_TOKENIZER_VOCAB)
+        raise ValueError("the expert needs a tokenizer directory (--tokenizer DIR)")
     chat = ChatTokenizer.from_path(tokenizer_dir)
     return EvalActor(build_actor({"kind": "expert"}, chat, "student"), chat, None,
                      "scripted expert")

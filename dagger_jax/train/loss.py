@@ -33,9 +33,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dagger_jax.names import check_weight
+
 Array = jax.Array
 
-OBJECTIVES = ("one", "reverse_kl", "group_advantage")
 # The GRPO log-ratio is clamped before exp: a token the sampler found very unlikely and the
 # current policy does not (or padding with an old log-prob of 0) must not overflow to inf,
 # which would turn 0 * inf into NaN. e^20 is far past any clip range, so in practice nothing
@@ -66,8 +67,7 @@ def chunked_token_loss(hidden: Array, w_out: Array, targets: Array, loss_mask: A
     (target tokens whose clipped term is the smaller: they give no gradient). Only "loss"
     carries a gradient.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
+    check_weight(objective, "train objective")
     if objective != "one" and loss_weights is None:
         raise ValueError(f"objective {objective!r} needs loss_weights")
     if objective == "group_advantage" and old_logprobs is None:

@@ -50,7 +50,7 @@ def make_optimizer(train_config: Any) -> tuple[optax.GradientTransformation, opt
     chain = []
     if c.clip_grad_norm > 0:
         chain.append(optax.clip_by_global_norm(c.clip_grad_norm))
-    round_schedule = c.get("round_schedule", "")
+    round_schedule = getattr(c, "round_schedule", "")
     if round_schedule not in ROUND_SCHEDULES:
         raise ValueError(f"train.round_schedule={round_schedule!r} unknown; choose from "
                          f"{ROUND_SCHEDULES} ('': off)")

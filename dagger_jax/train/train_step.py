@@ -12,7 +12,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, output_embedding
 from dagger_jax.models.sharding import batch_sharding, match_partition_rules, named_shardings
-from dagger_jax.train.loss import OBJECTIVES, chunked_token_loss
+from dagger_jax.names import check_weight
+from dagger_jax.train.loss import chunked_token_loss
 from dagger_jax.train.optimizer import current_learning_rate
 
 BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions")
@@ -24,8 +25,7 @@ OBJECTIVE_KEYS = {"one": (), "reverse_kl": ("loss_weights",),
 
 def batch_keys(objective: str = "one") -> tuple[str, ...]:
     """The batch arrays the train step of `objective` takes."""
-    if objective not in OBJECTIVE_KEYS:
-        raise ValueError(f"train objective {objective!r} not in {OBJECTIVES}")
+    check_weight(objective, "train objective")
     return BATCH_KEYS + OBJECTIVE_KEYS[objective]
 
 
@@ -82,8 +82,7 @@ def make_train_step(model: Qwen3ForCausalLM, optimizer: optax.GradientTransforma
     no longer depends on how the examples were cut into rows. The logged loss stays the mean
     per target token either way.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"train objective {objective!r} not in {OBJECTIVES}")
+    check_weight(objective, "train objective")
     if objective == "group_advantage" and not 0.0 < clip_eps < 1.0:
         raise ValueError(f"train.clip_eps must be in (0, 1), got {clip_eps}")
     if loss_tokens < 0:

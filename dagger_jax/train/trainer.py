@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dagger_jax import workdir as layout
+from dagger_jax.storage import layout
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, params_shape
 from dagger_jax.models.sharding import batch_sharding, make_mesh
 from dagger_jax.train.checkpoint import Checkpointer
 from dagger_jax.train.metrics import MetricWriter
 from dagger_jax.train.optimizer import held_rate_sharding, holds_learning_rate, make_optimizer, with_learning_rate
+from dagger_jax.train.settings import TrainSettings
 from dagger_jax.train.train_step import (BATCH_KEYS, TrainState, batch_keys, jit_init_state,
                                          jit_train_step, make_train_step, state_shardings)
 
@@ -60,28 +61,24 @@ def global_batch(mesh, batch: dict[str, np.ndarray], local: bool = False,
 class Trainer:
     """Owns the mesh, the jitted step and the checkpoints of one run."""
 
-    def __init__(self, config: Any, workdir: str | Path, model_config: Qwen3Config):
-        self.config = config
+    def __init__(self, settings: TrainSettings, workdir: str | Path, model_config: Qwen3Config):
+        self.settings = s = settings
         self.workdir = Path(workdir)
         self.model_config = model_config
-        self.mesh = make_mesh(tuple(config.mesh.shape))
-        self.model = Qwen3ForCausalLM(model_config, dtype=config.dtype,
-                                      param_dtype=config.param_dtype, remat=config.remat,
-                                      attention_block=config.attention_block)
-        self.optimizer, self.schedule = make_optimizer(config.train)
-        abstract_params = params_shape(model_config, jnp.dtype(config.param_dtype))
+        self.mesh = make_mesh(s.mesh_shape)
+        self.model = Qwen3ForCausalLM(model_config, dtype=s.dtype, param_dtype=s.param_dtype,
+                                      remat=s.remat, attention_block=s.attention_block)
+        self.optimizer, self.schedule = make_optimizer(s)
+        abstract_params = params_shape(model_config, jnp.dtype(s.param_dtype))
         self.abstract_state = jax.eval_shape(
             lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.optimizer.init(p)), abstract_params)
-        self.shardings = state_shardings(self.mesh, config.partition_rules, self.abstract_state)
-        self.checkpointer = Checkpointer(layout.checkpoints_dir(self.workdir), config.train.keep_checkpoints)
-        # "" is the plain job's cross-entropy; the loop sets the recipe's weight (recipes/loop.py).
-        self.objective = config.train.objective or "one"
+        self.shardings = state_shardings(self.mesh, s.partition_rules, self.abstract_state)
+        self.checkpointer = Checkpointer(layout.checkpoints_dir(self.workdir), s.keep_checkpoints)
+        self.objective = s.objective
         self.batch_keys = batch_keys(self.objective)
-        step = make_train_step(self.model, self.optimizer, self.schedule,
-                               config.train.grad_accum, config.train.loss_chunk,
-                               objective=self.objective, clip_eps=config.train.clip_eps,
-                               vocab_limit=config.train.vocab_limit,
-                               loss_tokens=config.train.loss_tokens)
+        step = make_train_step(self.model, self.optimizer, self.schedule, s.grad_accum,
+                               s.loss_chunk, objective=self.objective, clip_eps=s.clip_eps,
+                               vocab_limit=s.vocab_limit, loss_tokens=s.loss_tokens)
         self._step = jit_train_step(step, self.mesh, self.shardings, self.batch_keys)
         self.last_metrics: dict[str, float] = {}  # the last logged step's, for callers to report
         self._init_state = jit_init_state(self.optimizer, self.shardings)
@@ -90,10 +87,12 @@ class Trainer:
         """The latest checkpoint if there is one (resume), else fresh random params."""
         latest = self.checkpointer.latest_step()
         if latest is None:
-            logging.info("no checkpoint in %s: initialising params (seed %d)", self.workdir, self.config.seed)
-            init = jax.jit(lambda rng: init_params(self.model_config, rng, jnp.dtype(self.config.param_dtype)),
+            logging.info("no checkpoint in %s: initialising params (seed %d)", self.workdir,
+                         self.settings.seed)
+            init = jax.jit(lambda rng: init_params(self.model_config, rng,
+                                                   jnp.dtype(self.settings.param_dtype)),
                            out_shardings=self.shardings.params)
-            return self._init_state(init(jax.random.key(self.config.seed)))
+            return self._init_state(init(jax.random.key(self.settings.seed)))
         target = _with_shardings(self.abstract_state, self.shardings)
         step, params, opt_state = self.checkpointer.restore(
             latest, self.model_config, target.params, target.opt_state)
@@ -114,7 +113,7 @@ class Trainer:
         of that step, or with local_batches this process's rows of it. rate_fn(step): the
         learning rate of each step, required with train.round_schedule (the outer loop's
         per-round schedule, optimizer.round_learning_rate) and refused without it."""
-        c = self.config.train
+        c = self.settings
         state = self.initial_state() if state is None else state
         if holds_learning_rate(state.opt_state) != (rate_fn is not None):
             raise ValueError(
@@ -130,7 +129,7 @@ class Trainer:
         tokens_since, time_since = 0, time.perf_counter()
         if start < end:
             logging.info("training steps %d..%d, objective %s", start, end, self.objective)
-        with Progress(*columns, disable=jax.process_index() != 0 or not self.config.progress) as progress:
+        with Progress(*columns, disable=jax.process_index() != 0 or not c.progress) as progress:
             task = progress.add_task("train", total=end, completed=start, info="")
             for step in range(start, end):
                 host_batch = batch_fn(step)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dagger_jax.agent import ChatTokenizer
-from dagger_jax.data.sample_corpus import sample_texts
+from dagger_jax.tokenizer.sample_corpus import sample_texts
 from dagger_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
 
 # Mimics Qwen2.5 / Qwen3 for tool results: a default system prompt when none is given,

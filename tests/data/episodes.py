@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dagger_jax.agent import ChatTokenizer, ToolCall, initial_messages, render_action
 from dagger_jax.data.records import EpisodeRecord, Outcome, TurnRecord
-from dagger_jax.data.sample_corpus import sample_texts
+from dagger_jax.tokenizer.sample_corpus import sample_texts
 from dagger_jax.tokenizer import train_bpe_tokenizer
 
 COMMANDS = ("ls", "cat setup.py", "grep -rn parse src", "python -m pytest -q tests", "git diff")

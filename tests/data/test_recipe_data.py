@@ -13,7 +13,8 @@ import pytest
 from dagger_jax.data.examples import (STUDENT_TRUNK, TEACHER_LOGPROB_FLOOR, build_example,
                                       build_examples, plan_examples)
 from dagger_jax.data.packing import pack_examples
-from dagger_jax.data.shards import MANIFEST, EpisodeSource, ShardWriter, iteration_dir
+from dagger_jax.data.shards import MANIFEST, EpisodeSource, ShardWriter
+from dagger_jax.storage.layout import iteration_dir
 from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline, group_advantages
 from tests.data.episodes import episode_batch, make_episode, train_chat
 

@@ -1,4 +1,5 @@
-"""Tests for the sample corpus, chat encoding with loss masks, and packing/batching."""
+"""Tests for the sample corpus, its chat encoding with loss masks (the agent's encoder against
+the tokenizer's own template), and packing/batching."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 import transformers
 
-from dagger_jax.data import sample_corpus
-from dagger_jax.data.encode import encode_chat
+from dagger_jax.tokenizer import sample_corpus
+from dagger_jax.agent import ChatTokenizer
 from dagger_jax.data.packing import batch_for_step, pack_examples
-from dagger_jax.data.sample_corpus import sample_conversations, sample_texts
+from dagger_jax.tokenizer.sample_corpus import sample_conversations, sample_texts
 from dagger_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
 
 Tok = transformers.PreTrainedTokenizerBase
@@ -97,12 +98,16 @@ def test_sample_texts_are_the_chat_template_rendering(tok: Tok) -> None:
         assert text == tok.apply_chat_template(messages, tokenize=False)
 
 
-# ---------------------------------------------------------------- encode_chat
+# ---------------------------------------------------------------- chat encoding
 
 
-def test_encode_chat_matches_apply_chat_template(tok: Tok) -> None:
+def encode(tok: Tok, messages: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    return ChatTokenizer(tok).conversation(messages).arrays()
+
+
+def test_encoded_conversations_match_apply_chat_template(tok: Tok) -> None:
     for messages in sample_conversations(20, seed=5):
-        ids, mask = encode_chat(tok, messages)
+        ids, mask = encode(tok, messages)
         assert ids.dtype == np.int32 and mask.dtype == np.bool_ and ids.shape == mask.shape
         assert ids.tolist() == _template_ids(tok, messages)
 
@@ -112,41 +117,6 @@ def test_encode_chat_matches_apply_chat_template(tok: Tok) -> None:
         for a, _ in runs:  # the header right before each run is context, not target
             assert tok.decode(ids[:a]).endswith("<|im_start|>assistant\n")
             assert not mask[a - 3 : a].any()
-
-
-def test_encode_chat_masks_nothing_without_assistant_turns(tok: Tok) -> None:
-    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
-    ids, mask = encode_chat(tok, messages)
-    assert len(ids) > 0 and not mask.any()
-
-
-def test_encode_chat_tokenizes_content_as_the_sampler_sees_it(tok: Tok) -> None:
-    # Content starting with newlines could merge with the header's "\n" if the
-    # whole text were tokenized at once; encode_chat keeps the header and the
-    # content apart, as they are when the model samples after a generation prompt.
-    content = "\n\n  indented\n"
-    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": content}]
-    ids, mask = encode_chat(tok, messages)
-    prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-    expected = tok.encode(prompt, add_special_tokens=False)
-    expected += tok.encode(content + "<|im_end|>", add_special_tokens=False)
-    expected += tok.encode("\n", add_special_tokens=False)
-    assert ids.tolist() == expected
-    assert tok.decode(ids) == tok.apply_chat_template(messages, tokenize=False)
-    assert [tok.decode(ids[a:b]) for a, b in _runs(mask)] == [content + "<|im_end|>"]
-
-
-def test_encode_chat_rejects_templates_that_are_not_prefix_stable(tok: Tok) -> None:
-    unstable = load_tokenizer(tok.name_or_path)
-    # Like Qwen3's template: the last message renders differently from earlier ones.
-    unstable.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-        "{% if loop.last %} (last){% endif %}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    messages = sample_conversations(1, seed=0)[0]
-    with pytest.raises(ValueError, match="not prefix-stable at message 2"):
-        encode_chat(unstable, messages)
 
 
 # ---------------------------------------------------------------- packing
@@ -219,7 +189,7 @@ def test_pack_examples_edge_cases() -> None:
 
 
 def test_packing_encoded_chats_trains_on_assistant_tokens(tok: Tok) -> None:
-    examples = [encode_chat(tok, m) for m in sample_conversations(8, seed=9)]
+    examples = [encode(tok, m) for m in sample_conversations(8, seed=9)]
     packed = pack_examples(examples, 2048)
     targets = packed["target_ids"][packed["loss_mask"] > 0]
     assert (targets == tok.convert_tokens_to_ids("<|im_end|>")).sum() == sum(

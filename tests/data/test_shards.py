@@ -23,12 +23,11 @@ from dagger_jax.data.shards import (
     EpisodeSource,
     ShardError,
     ShardWriter,
-    all_iteration_dirs,
     existing_episode_ids,
     iter_records,
-    iteration_dir,
     read_manifest,
 )
+from dagger_jax.storage.layout import all_iteration_dirs, iteration_dir
 from tests.data.episodes import episode_batch, train_chat
 
 ROOT = Path(__file__).resolve().parents[2]

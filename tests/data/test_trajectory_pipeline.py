@@ -12,14 +12,8 @@ import pytest
 
 from dagger_jax.data.examples import examples_from_records
 from dagger_jax.data.packing import PACKED_KEYS
-from dagger_jax.data.shards import (
-    EpisodeSource,
-    ShardError,
-    ShardWriter,
-    all_iteration_dirs,
-    iter_records,
-    iteration_dir,
-)
+from dagger_jax.data.shards import EpisodeSource, ShardError, ShardWriter, iter_records
+from dagger_jax.storage.layout import all_iteration_dirs, iteration_dir
 from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline, pack_rows
 from tests.data.episodes import episode_batch, make_episode, train_chat
 

@@ -36,7 +36,7 @@ def test_every_task_has_failing_and_passing_tests_and_a_minimal_gold_patch():
 
 def test_difficulty_knobs_shape_the_repo():
     task = generate_task(0, 0, difficulty=Difficulty(files=3, functions_per_file=2, distractors=2,
-                                                      name_location=False))
+                                                      hide_location=True))
     modules = [p for p in task.repo_files
                if p.endswith(".py") and not p.startswith("tests/") and not p.endswith("__init__.py")]
     assert len(modules) == 3 and len(task.test_files) == 3
@@ -102,7 +102,7 @@ def test_template_and_bug_kind_knobs_narrow_the_family_and_stay_deterministic():
     # As configs and command lines give them: a comma list, location hidden or named.
     flat = Difficulty.from_settings(templates=4, bug_kinds="compare, arith", hide_location=False)
     assert flat == narrow
-    assert Difficulty.from_settings(bug_kinds="", hide_location=True) == Difficulty(name_location=False)
+    assert Difficulty.from_settings(bug_kinds="", hide_location=True) == Difficulty(hide_location=True)
     with pytest.raises(ValueError, match="bug_kinds: unknown"):
         Difficulty.from_settings(bug_kinds="compare,typo", hide_location=False)
 
@@ -131,7 +131,7 @@ def test_path_knobs_narrow_the_names_and_change_nothing_else():
 
 def test_decoys_are_constants_only_modules_and_change_nothing_else():
     hidden = Difficulty(templates=4, bug_kinds=("compare", "arith"), functions_per_file=1,
-                        packages=1, numbered_packages=False, modules=2, name_location=False)
+                        packages=1, numbered_packages=False, modules=2, hide_location=True)
     with_decoy = dataclasses.replace(hidden, decoys=1)
     targets = []
     for index in range(20):

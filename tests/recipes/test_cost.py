@@ -6,7 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dagger_jax.recipes.cost import iteration_cost
+from dagger_jax.reports.cost import iteration_cost
+from dagger_jax.settings import loop_settings, recipe_run
+
+
+def plan(config):
+    return loop_settings(config, recipe_run(config))
 from tools.iteration_cost import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,16 +31,16 @@ def test_paper_configs_give_the_papers_loop():
 
 def test_costs_by_hand():
     config = load_config(str(ROOT / "configs" / "qwen3_4b.py") + ":dagger")
-    second = iteration_cost(config, 2, mean_turns=10, tokens_per_turn=100)
+    second = iteration_cost(plan(config), 2, mean_turns=10, tokens_per_turn=100)
     assert second.beta == 0.8 and second.episodes == 512 and second.turns == 5120
     assert second.teacher_calls == 5120 and second.student_calls == round(5120 * 0.2)
     # trunk 11 * 100 + 0.2 * 100 * 11 * 12 / 2 per episode
     assert second.training_tokens == round(512 * (1100 + 0.2 * 6600))
     assert second.training_tokens_per_turn_examples == 512 * 6600
-    capped = iteration_cost(config, 1, mean_turns=500, tokens_per_turn=1000)
+    capped = iteration_cost(plan(config), 1, mean_turns=500, tokens_per_turn=1000)
     assert capped.turns == 512 * 64  # 65 turns of 1000 tokens would overflow the 64K budget
     opd = load_config(str(ROOT / "configs" / "qwen3_4b.py") + ":opd")
-    assert iteration_cost(opd, 1, 10, 100).teacher_calls == 5120  # one scoring call per turn
+    assert iteration_cost(plan(opd), 1, 10, 100).teacher_calls == 5120  # one scoring call per turn
 
 
 def test_the_tool_prints_a_table():

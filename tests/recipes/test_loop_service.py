@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dagger_jax import workdir as layout
+from dagger_jax.storage import layout
 from dagger_jax.config_base import base_config
 from dagger_jax.data.shards import EpisodeSource, read_manifest
 from dagger_jax.envs.tasks.task import Task, read_tasks
@@ -40,9 +40,8 @@ from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import export_hf
 from dagger_jax.models.qwen3 import init_params
 from dagger_jax.policies.actors import ExpertActor, TokenActor
-from dagger_jax.policies.generation import SamplingParams
-from dagger_jax.recipes import loop as loop_module
-from dagger_jax.recipes.loop import Loop, student_spec, teacher_spec
+from dagger_jax.recipes.recipes import get_recipe
+from dagger_jax.settings import actor_source, read_settings, teacher_spec
 from dagger_jax.rollout.actor_specs import build_actor
 from tests.envs.sandbox.conftest import bwrap_backend, sandbox_deps  # noqa: F401
 from tests.rollout.test_service import free_port, start_service
@@ -114,8 +113,7 @@ def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):  # 
     # The run's tokenizer, made as main makes it (main then reuses it), and a model for the
     # stand-in server to start on: random weights that are not the loop's initial student.
     from dagger_jax.main import prepare_tokenizer
-    prepare_tokenizer(ml_collections.ConfigDict({"tokenizer": {"dir": "", "vocab_size": 1024}}),
-                      workdir)
+    prepare_tokenizer(workdir, vocab_size=1024)
     other = export_hf(random_params(Qwen3Config(**MODEL)), Qwen3Config(**MODEL),
                       tmp_path / "other_model", tokenizer_dir=layout.tokenizer_dir(workdir))
     port = free_port()
@@ -216,24 +214,12 @@ def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):  # 
           f"{student_turns} student turns, {row['train_steps']} steps")
 
 
-class _PastTheCheck(Exception):
-    pass
-
-
 def loop_config(recipe: str, **loop_fields) -> ml_collections.ConfigDict:
     c = base_config()
+    c.model.update(MODEL)
     c.loop.update({"enabled": True, "recipe": recipe, "iterations": 3,
                    "rollout_service": "http://127.0.0.1:1", **loop_fields})
-    c.train.vocab_limit = 1024  # so nothing reads a tokenizer before the check
     return c
-
-
-def construct(config, monkeypatch):
-    """Loop.__init__ up to its first step after the config checks (load_tasks)."""
-    def stop(_config):
-        raise _PastTheCheck
-    monkeypatch.setattr(loop_module, "load_tasks", stop)
-    Loop(config, Path("/nonexistent"), Qwen3Config(**MODEL), Path("/nonexistent"))
 
 
 @pytest.mark.parametrize("recipe, fields, iteration", [
@@ -243,9 +229,9 @@ def construct(config, monkeypatch):
     ("opd", {"teacher": "sglang", "teacher_endpoints": "http://t:1"}, 1),
     ("grpo", {}, 1),
 ])
-def test_a_student_that_acts_needs_student_endpoints(recipe, fields, iteration, monkeypatch):
+def test_a_student_that_acts_needs_student_endpoints(recipe, fields, iteration):
     with pytest.raises(ValueError) as refused:
-        construct(loop_config(recipe, **fields), monkeypatch)
+        read_settings(loop_config(recipe, **fields))
     message = str(refused.value)
     assert "config.loop.rollout_service" in message and "config.loop.student_endpoints" in message
     assert f"recipe {recipe!r}" in message and f"(iteration {iteration}:" in message
@@ -257,9 +243,8 @@ def test_a_student_that_acts_needs_student_endpoints(recipe, fields, iteration, 
     ("dagger", {"student_endpoints": "http://s:1"}),     # the student is served
     ("grpo", {"student_endpoints": "http://s:1,http://s:2"}),
 ])
-def test_no_refusal_when_the_student_does_not_act_or_is_served(recipe, fields, monkeypatch):
-    with pytest.raises(_PastTheCheck):
-        construct(loop_config(recipe, **fields), monkeypatch)
+def test_no_refusal_when_the_student_does_not_act_or_is_served(recipe, fields):
+    assert read_settings(loop_config(recipe, **fields)).loop.rollout_service
 
 
 def test_in_process_and_service_collection_share_the_actor_specs(tmp_path):
@@ -272,15 +257,15 @@ def test_in_process_and_service_collection_share_the_actor_specs(tmp_path):
     c.update(dict(teacher="openai", teacher_endpoints="http://api/v1", teacher_model="m"))
     assert teacher_spec(c) == {"kind": "openai", "base_url": "http://api/v1", "model": "m",
                                "sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64}}
-    sampling = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=64)
-    assert student_spec(c, sampling) is None  # the in-process JAX sampler: no spec
+    c.teacher = "expert"
+    assert actor_source(c, get_recipe("dagger")).student_spec(greedy=False) is None  # in-process
     c.student_endpoints = "http://s:1,http://s:2"
-    spec = student_spec(c, sampling)
+    spec = actor_source(c, get_recipe("dagger")).student_spec(greedy=False)
     assert spec == {"kind": "sglang", "endpoints": ["http://s:1", "http://s:2"],
                     "sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64}}
     # What the service builds from the spec is the actor the loop builds in-process.
     from dagger_jax.agent import ChatTokenizer
-    from dagger_jax.data.sample_corpus import sample_texts
+    from dagger_jax.tokenizer.sample_corpus import sample_texts
     from dagger_jax.tokenizer import train_bpe_tokenizer
     chat = ChatTokenizer.from_path(train_bpe_tokenizer(sample_texts(50, seed=0), 300, tmp_path))
     student = build_actor(json.loads(json.dumps(spec)), chat, "student")

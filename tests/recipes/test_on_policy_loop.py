@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from dagger_jax.data.sample_corpus import sample_texts
-from dagger_jax.data.shards import EpisodeSource, iteration_dir
+from dagger_jax.tokenizer.sample_corpus import sample_texts
+from dagger_jax.data.shards import EpisodeSource
+from dagger_jax.storage.layout import iteration_dir
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import export_hf
 from dagger_jax.models.qwen3 import init_params

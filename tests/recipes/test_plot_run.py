@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dagger_jax.recipes.curves import nll_scale
-from dagger_jax.recipes.loop import LoopState
+from dagger_jax.reports.curves import nll_scale
+from dagger_jax.recipes.state import LoopState
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,11 +8,14 @@ import pytest
 
 from dagger_jax.config_base import base_config
 from dagger_jax.envs.tasks.task import write_tasks
-from dagger_jax.data.examples import WEIGHTINGS
-from dagger_jax.recipes.loop import (Loop, LoopState, load_tasks, parse_label_budgets,
-                                     same_task_key, student_sampling, training_plan)
-from dagger_jax.recipes.recipes import RECIPES, WEIGHTS, Recipe, get_recipe
-from dagger_jax.train.loss import OBJECTIVES
+from dagger_jax.data.examples import target_of
+from dagger_jax.envs.tasks.sets import load_task_sets, same_task_key
+from dagger_jax.recipes.loop_settings import TrainingPlan
+from dagger_jax.recipes.state import LoopState
+from dagger_jax.settings import parse_label_budgets, read_settings, student_sampling, task_settings
+from dagger_jax.names import WEIGHTS
+from dagger_jax.recipes.recipes import RECIPES, Recipe, RecipeRun, get_recipe
+from dagger_jax.train.train_step import batch_keys
 from dagger_jax.recipes.schedules import make_schedule
 
 
@@ -39,14 +42,24 @@ def test_bad_schedules_are_clear_errors():
 
 def test_recipes_are_data_and_give_rollout_rules():
     assert set(RECIPES) == {"sft", "rs_sft", "dagger", "aggrevate", "opd", "grpo"}
-    assert get_recipe("sft").rollout_rule(0.2).beta == 1.0          # the teacher acts, always
-    dagger = get_recipe("dagger").rollout_rule(0.6)
-    assert dagger.beta == 0.6 and dagger.label == "action"
-    aggrevate = get_recipe("aggrevate").rollout_rule(0.0, student_prefix=3)
-    assert aggrevate.student_prefix == 3
-    opd = get_recipe("opd").rollout_rule(0.9)
+    paper = make_schedule("paper")
+
+    def rule(name, i, **knobs):
+        return RecipeRun(get_recipe(name), paper, **knobs).rollout_rule(i)
+    assert rule("sft", 3).beta == 1.0 and rule("sft", 3).student_prefix is None  # the teacher acts
+    dagger = rule("dagger", 3)
+    assert dagger.beta == 0.6 and dagger.label == "action"       # the paper's beta_3
+    assert rule("aggrevate", 2, prefix_start=1, prefix_step=2).student_prefix == 3
+    assert rule("aggrevate", 2).beta == 0.0
+    opd = rule("opd", 1)
     assert opd.beta == 0.0 and opd.label == "logprobs"
-    assert get_recipe("grpo").rollout_rule(0.5).label == "none" and get_recipe("grpo").group_size > 1
+    assert rule("grpo", 1).label == "none" and get_recipe("grpo").group_size > 1
+    # The rule is complete when the recipe builds it: takeover included, nothing amends it.
+    assert rule("dagger", 2, takeover_unparseable=True).takeover_unparseable
+    run = RecipeRun(get_recipe("dagger"), paper)
+    assert [run.beta(i) for i in (1, 2, 3)] == [1.0, 0.8, 0.6]
+    assert not run.student_acts(1) and run.student_acts(2)
+    assert RecipeRun(get_recipe("aggrevate"), paper).student_acts(1)
     with pytest.raises(ValueError, match="recipe 'ppo' does not exist"):
         get_recipe("ppo")
     with pytest.raises(ValueError, match=r"recipe bad: weight 'kl' not in"):
@@ -54,7 +67,11 @@ def test_recipes_are_data_and_give_rollout_rules():
     with pytest.raises(ValueError, match=r"recipe bad: executor 'anyone' not in"):
         Recipe("bad", executor="anyone", label="action", weight="one")
     # Every weight is a train objective and a data weighting: all recipes are trainable.
-    assert set(WEIGHTS) == set(OBJECTIVES) == set(WEIGHTINGS) == {r.weight for r in RECIPES.values()}
+    assert set(WEIGHTS) == {r.weight for r in RECIPES.values()}
+    for weight in WEIGHTS:
+        assert batch_keys(weight) and target_of(weight) in ("label", "executed")
+    with pytest.raises(ValueError, match="train objective: weight 'kl' not in"):
+        batch_keys("kl")
     assert get_recipe("rs_sft").success_filter and get_recipe("grpo").weight == "group_advantage"
 
 
@@ -68,43 +85,43 @@ def test_the_loop_refuses_what_a_recipe_cannot_run_at_config_time(tmp_path):
     # Refused before anything is built (no model config, tokenizer or workdir needed).
     with pytest.raises(ValueError, match="recipe 'opd' needs the teacher's log-probs.*"
                                          "config.loop.teacher='expert'.*teacher='sglang'"):
-        Loop(loop_config("opd"), tmp_path, None, None)
+        read_settings(loop_config("opd"))
     with pytest.raises(ValueError, match="teacher='openai'.*gives none"):
-        Loop(loop_config("opd", teacher="openai", teacher_endpoints="http://x"), tmp_path, None, None)
+        read_settings(loop_config("opd", teacher="openai", teacher_endpoints="http://x"))
     with pytest.raises(ValueError, match="needs config.loop.teacher_endpoints"):
-        Loop(loop_config("opd", teacher="sglang"), tmp_path, None, None)
+        read_settings(loop_config("opd", teacher="sglang"))
     config = loop_config("grpo")
     config.train.objective = "one"
     with pytest.raises(ValueError, match="train.objective='one' contradicts recipe 'grpo'.*"
                                          "'group_advantage'"):
-        Loop(config, tmp_path, None, None)
+        read_settings(config)
     with pytest.raises(ValueError, match="recipe 'ppo' does not exist; choose from"):
-        Loop(loop_config("ppo"), tmp_path, None, None)
+        read_settings(loop_config("ppo"))
     with pytest.raises(ValueError, match=r"label_budgets='240,60': need 3 budgets >= 0 "
                                          r"\(config.loop.iterations=3\)"):
-        Loop(loop_config("sft", label_budgets="240,60"), tmp_path, None, None)
+        read_settings(loop_config("sft", label_budgets="240,60"))
     with pytest.raises(ValueError, match="recipe 'grpo' gets no labels from the teacher.*"
                                          "set config.loop.label_budget=0"):
-        Loop(loop_config("grpo", label_budget=100), tmp_path, None, None)
+        read_settings(loop_config("grpo", label_budget=100))
     with pytest.raises(ValueError, match="recipe 'opd' gets log-probs"):
-        Loop(loop_config("opd", label_budgets="0,10,0", teacher="sglang",
-                         teacher_endpoints="http://t:1"), tmp_path, None, None)
+        read_settings(loop_config("opd", label_budgets="0,10,0", teacher="sglang",
+                         teacher_endpoints="http://t:1"))
     with pytest.raises(ValueError, match="stuck_repeats must be 0"):
-        Loop(loop_config("sft", stuck_repeats=-1), tmp_path, None, None)
+        read_settings(loop_config("sft", stuck_repeats=-1))
     with pytest.raises(ValueError, match="takeover_unparseable=True but recipe 'grpo' gets no "
                                          "labels.*only the action-label recipes"):
-        Loop(loop_config("grpo", takeover_unparseable=True), tmp_path, None, None)
+        read_settings(loop_config("grpo", takeover_unparseable=True))
     with pytest.raises(ValueError, match=r"earlier_epochs=3 must be -1 \(all epochs\) or "
                                          r"between 0 and config.loop.epochs=2"):
-        Loop(loop_config("dagger", epochs=2, earlier_epochs=3), tmp_path, None, None)
+        read_settings(loop_config("dagger", epochs=2, earlier_epochs=3))
     with pytest.raises(ValueError, match=r"first_round_epochs=0 must be -1 "):
-        Loop(loop_config("dagger", first_round_epochs=0), tmp_path, None, None)
+        read_settings(loop_config("dagger", first_round_epochs=0))
     with pytest.raises(ValueError, match=r"expert_search='names': choose from"):
-        Loop(loop_config("dagger", expert_search="names"), tmp_path, None, None)
+        read_settings(loop_config("dagger", expert_search="names"))
     never = loop_config("sft")
     never.eval.from_iteration = 0
     with pytest.raises(ValueError, match=r"eval.from_iteration=0 must be >= 1"):
-        Loop(never, tmp_path, None, None)
+        read_settings(never)
     assert not any(tmp_path.iterdir())
 
 
@@ -119,32 +136,34 @@ def test_on_policy_recipes_sample_the_policy_itself(tmp_path):
     loop.on_policy_sampling = "rollout"
     assert student_sampling(loop, get_recipe("grpo"), greedy=False).temperature == 0.7
     with pytest.raises(ValueError, match=r"on_policy_sampling='tempered': choose from"):
-        Loop(loop_config("grpo", on_policy_sampling="tempered"), tmp_path, None, None)
+        read_settings(loop_config("grpo", on_policy_sampling="tempered"))
 
 
 def test_training_plan_per_round():
-    loop = base_config().loop
-    loop.update(dict(epochs=2, earlier_epochs=1))
+    plan = TrainingPlan(epochs=2, earlier_epochs=1)
     # (new iteration's data only, epochs): one epoch over all the data, then one over the new.
-    assert training_plan(loop, aggregate=True, i=1) == [(False, 2)]
-    assert training_plan(loop, aggregate=True, i=3) == [(False, 1), (True, 1)]
-    assert training_plan(loop, aggregate=False, i=3) == [(False, 2)]  # opd / grpo
-    loop.first_round_epochs = 6  # round 1 only; later rounds as before
-    assert training_plan(loop, aggregate=True, i=1) == [(False, 6)]
-    assert training_plan(loop, aggregate=False, i=1) == [(False, 6)]
-    assert training_plan(loop, aggregate=True, i=2) == [(False, 1), (True, 1)]
-    loop.earlier_epochs = 0
-    assert training_plan(loop, aggregate=True, i=2) == [(True, 2)]
+    assert plan.passes(1) == [(False, 2)]
+    assert plan.passes(3) == [(False, 1), (True, 1)]
+    assert TrainingPlan(epochs=2, earlier_epochs=1, aggregate=False).passes(3) == [(False, 2)]
+    first = TrainingPlan(epochs=2, earlier_epochs=1, first_round_epochs=6)  # round 1 only
+    assert first.passes(1) == [(False, 6)]
+    assert TrainingPlan(epochs=2, first_round_epochs=6, aggregate=False).passes(1) == [(False, 6)]
+    assert first.passes(2) == [(False, 1), (True, 1)]
+    assert TrainingPlan(epochs=2, earlier_epochs=0).passes(2) == [(True, 2)]
 
 
 def test_label_budgets_per_iteration():
-    assert parse_label_budgets("", 100, 3) == [100, 100, 100]
-    assert parse_label_budgets("240, 60,0", 100, 3) == [240, 60, 0]  # overrides label_budget
+    assert parse_label_budgets("", 100, 3) == (100, 100, 100)
+    assert parse_label_budgets("240, 60,0", 100, 3) == (240, 60, 0)  # overrides label_budget
     for bad in ("240,60,x", "240,-1,60", "1,2,3,4"):
         with pytest.raises(ValueError, match="config.loop.label_budgets"):
             parse_label_budgets(bad, 0, 3)
     with pytest.raises(ValueError, match="label_budget must be >= 0"):
         parse_label_budgets("", -5, 3)
+
+
+def load_tasks(config):
+    return load_task_sets(task_settings(config.tasks), config.eval.num_tasks)
 
 
 def test_overlapping_eval_tasks_are_refused(tmp_path):
@@ -153,7 +172,7 @@ def test_overlapping_eval_tasks_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"eval.num_tasks=16 but there are only 3 held-out tasks"):
         load_tasks(config)
     config.eval.num_tasks = 3
-    train, heldout = load_tasks(config)  # the synthetic splits are disjoint even at one seed
+    train, heldout = (lambda t: (list(t.train), list(t.heldout)))(load_tasks(config))  # the synthetic splits are disjoint even at one seed
     assert len(train) == 6 and len(heldout) == 3 and all(t.split == "heldout" for t in heldout)
     write_tasks(train, tmp_path / "train.jsonl")
     write_tasks(train[:2], tmp_path / "eval.jsonl")
@@ -163,7 +182,7 @@ def test_overlapping_eval_tasks_are_refused(tmp_path):
         load_tasks(config)
     config.tasks.heldout_path = ""
     with pytest.raises(ValueError, match="tasks.heldout_path is empty"):
-        load_tasks(config)
+        task_settings(config.tasks)
 
 
 def test_loop_state_round_trips_and_refuses_garbage(tmp_path):
@@ -182,15 +201,15 @@ def test_a_narrow_synthetic_family_repeats_fixes_but_never_a_training_repo(monke
     config.tasks.update(dict(num_train=64, num_heldout=8, templates=4, bug_kinds="compare,arith",
                              packages=1, numbered_packages=False, modules=1))
     config.eval.num_tasks = 2
-    train, heldout = load_tasks(config)
+    train, heldout = (lambda t: (list(t.train), list(t.heldout)))(load_tasks(config))
     assert len(heldout) == 8
     assert {t.gold_patch for t in train} & {t.gold_patch for t in heldout}  # the family is narrow
     assert not {same_task_key(t) for t in train} & {same_task_key(t) for t in heldout}
-    assert [t.instance_id for t in load_tasks(config)[1]] == [t.instance_id for t in heldout]
+    assert [t.instance_id for t in load_tasks(config).heldout] == [t.instance_id for t in heldout]
     # A held-out draw that repeats a training repo is skipped; none left is an error.
-    from dagger_jax.recipes import loop as loop_module
+    from dagger_jax.envs.tasks import sets as sets_module
     drawn = iter([train[0], heldout[0]] + [train[1]] * 1000)
-    monkeypatch.setattr(loop_module, "generate_task", lambda *args: next(drawn))
+    monkeypatch.setattr(sets_module, "generate_task", lambda *args: next(drawn))
     config.tasks.num_heldout = 2
     with pytest.raises(ValueError, match="only 1 of 100 held-out synthetic tasks differ from every "
                                          "training task"):

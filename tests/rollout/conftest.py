@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dagger_jax.agent import ChatTokenizer
-from dagger_jax.data.sample_corpus import sample_texts
+from dagger_jax.tokenizer.sample_corpus import sample_texts
 from dagger_jax.tokenizer import train_bpe_tokenizer
 from tests.envs.sandbox.conftest import bwrap_backend, docker_backend, sandbox_deps  # noqa: F401
 

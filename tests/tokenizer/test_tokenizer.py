@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from dagger_jax.data.sample_corpus import sample_texts
+from dagger_jax.tokenizer.sample_corpus import sample_texts
 from dagger_jax.tokenizer import (
     CHATML_TEMPLATE,
     ensure_default_tokenizer,

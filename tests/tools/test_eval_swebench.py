@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import unidiff
 
-from dagger_jax.data.sample_corpus import sample_texts
+from dagger_jax.tokenizer.sample_corpus import sample_texts
 from dagger_jax.data.shards import EpisodeSource, read_manifest
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import export_hf

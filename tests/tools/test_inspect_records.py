@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dagger_jax.data.shards import ShardWriter, iteration_dir
+from dagger_jax.data.shards import ShardWriter
+from dagger_jax.storage.layout import iteration_dir
 from tests.data.episodes import episode_batch, make_episode, train_chat
 
 ROOT = Path(__file__).resolve().parents[2]

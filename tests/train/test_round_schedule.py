@@ -11,7 +11,8 @@ from dagger_jax.config_base import base_config
 from dagger_jax.main import run
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.train.optimizer import current_learning_rate, round_learning_rate
-from dagger_jax.train.trainer import Trainer
+from dagger_jax.train.settings import TrainSettings
+from dagger_jax.train.trainer import Trainer as _Trainer
 from tests.train.test_train_step import CONFIG, random_batch
 
 
@@ -24,11 +25,15 @@ def trainer_config(round_schedule: str):
     return c
 
 
+def Trainer(config, workdir, model_config):  # noqa: N802 - the Trainer of a config
+    return _Trainer(TrainSettings.from_config(config), workdir, model_config)
+
+
 def fit(workdir, config, start, end, stop=None):
     """Trains the round start..end up to `stop` (default its end) with a new Trainer, as a
     restarted process would: what came before is read from the checkpoint."""
     trainer = Trainer(config, workdir, Qwen3Config.from_dict(config.model.to_dict()))
-    rate = round_learning_rate(config.train, start, end)
+    rate = round_learning_rate(TrainSettings.from_config(config), start, end)
     state = trainer.fit(lambda step: random_batch(8, 32, seed=step), total_steps=stop or end,
                         rate_fn=rate)
     held = float(current_learning_rate(jax.device_get(state.opt_state), None, None))

@@ -39,7 +39,7 @@ class Difficulty:
     files: int = 1
     functions_per_file: int = 2
     distractors: int = 0          # extra functions built from the buggy function's template
-    name_location: bool = True    # whether the problem statement names the file
+    hide_location: bool = False   # the problem statement does not name the file
     templates: int = 0            # > 0: draw functions from the first N templates only
     bug_kinds: tuple[str, ...] = ()  # mutation operators allowed (mutations.OPERATORS); () = all
     # Where the bug is: a from-scratch student must copy the path from the issue, and
@@ -47,7 +47,7 @@ class Difficulty:
     packages: int = 0             # > 0: package names from the first N of PACKAGE_NAMES only
     numbered_packages: bool = True  # False: `ledger`, not `ledger_37`
     modules: int = 0              # > 0: module names from the first N of MODULE_NAMES only
-    # Modules holding only constants, no function and no tests. With name_location=False the
+    # Modules holding only constants, no function and no tests. With hide_location=True the
     # agent's first look is a guess among the modules; a decoy is recognisable on sight (no
     # `def`), so the way out of a wrong guess, viewing another module, is learnable from what
     # the agent observes. A privileged teacher never opens one: only states the student reaches
@@ -76,11 +76,10 @@ class Difficulty:
             raise ValueError(f"Difficulty.bug_kinds: unknown {unknown}; choose from {OPERATORS}")
 
     @classmethod
-    def from_settings(cls, *, hide_location: bool, bug_kinds: str, **fields) -> "Difficulty":
-        """From flat settings as configs and command lines hold them: `hide_location` (the
-        inverse of name_location) and `bug_kinds` comma-separated ("" = all)."""
-        return cls(name_location=not hide_location,
-                   bug_kinds=tuple(k.strip() for k in bug_kinds.split(",") if k.strip()), **fields)
+    def from_settings(cls, *, bug_kinds: str, **fields) -> "Difficulty":
+        """From flat settings as configs and command lines hold them: `bug_kinds`
+        comma-separated ("" = all)."""
+        return cls(bug_kinds=tuple(k.strip() for k in bug_kinds.split(",") if k.strip()), **fields)
 
 
 def _rng(seed: int, split: str, index: int | str) -> random.Random:
@@ -221,7 +220,7 @@ def _generate(seed: int, index: int, split: str, difficulty: Difficulty, attempt
     _, example_args, expected = target_cases[broken[0]]
     call = f"{target_name}({', '.join(repr(a) for a in example_args)})"
     outcome = f"returns `{got!r}`" if ok else f"raises `{got}`"
-    where = f" in `{package}/{target_module}.py`" if difficulty.name_location else ""
+    where = f" in `{package}/{target_module}.py`" if not difficulty.hide_location else ""
     statement = (f"`{target_name}`{where} is supposed to {target_template.summary}, "
                  f"but it gives wrong results.\n\nFor example, `{call}` {outcome}; "
                  f"it should return `{expected!r}`.\n\nPlease fix the bug. The tests are under `tests/`.")

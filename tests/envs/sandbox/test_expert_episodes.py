@@ -172,7 +172,7 @@ def test_a_container_killed_mid_episode_ends_only_that_episode(docker_backend):
 
 DECOY_TASK = generate_tasks(1, seed=5, difficulty=Difficulty(
     templates=4, bug_kinds=("compare", "arith"), functions_per_file=1, packages=1,
-    numbered_packages=False, modules=2, name_location=False, decoys=1))[0]
+    numbered_packages=False, modules=2, hide_location=True, decoys=1))[0]
 
 
 def _after_a_wrong_guess(backend, search: str):

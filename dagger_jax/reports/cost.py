@@ -19,9 +19,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from dagger_jax.recipes.recipes import get_recipe
-from dagger_jax.recipes.schedules import make_schedule
-
 
 @dataclasses.dataclass(frozen=True)
 class IterationCost:
@@ -36,39 +33,32 @@ class IterationCost:
     epochs: int
 
 
-def iteration_cost(config: Any, iteration: int, mean_turns: float, tokens_per_turn: float) -> IterationCost:
-    import json
-
-    loop = config.loop
-    recipe = get_recipe(loop.recipe)
-    schedule = make_schedule(loop.schedule, json.loads(loop.schedule_params or "{}"))
-    if recipe.uses_beta:
-        beta = schedule(iteration)
-    else:
-        beta = 1.0 if recipe.executor == "teacher" else 0.0
-    fits = int(loop.context_budget // tokens_per_turn) - 1
-    turns = max(1.0, min(mean_turns, loop.max_turns, fits))
+def iteration_cost(loop: Any, iteration: int, mean_turns: float, tokens_per_turn: float) -> IterationCost:
+    """Iteration `iteration` of a run's loop (settings.read_settings(config).loop)."""
+    rule = loop.run.rollout_rule(iteration)
+    recipe = loop.run.recipe
+    fits = int(loop.episode.context_budget // tokens_per_turn) - 1
+    turns = max(1.0, min(mean_turns, loop.episode.max_turns, fits))
     episodes = loop.tasks_per_iteration * recipe.group_size
-    student_share = 1.0 - beta
-    if recipe.executor == "student_prefix":
-        k = loop.prefix_start + loop.prefix_step * (iteration - 1)
-        student_share = min(k, turns) / turns
+    student_share = 1.0 - rule.beta
+    if rule.student_prefix is not None:
+        student_share = min(rule.student_prefix, turns) / turns
     all_turns = episodes * turns
     student_turns = all_turns * student_share
-    if recipe.label == "action":
+    if rule.label == "action":
         teacher_calls = all_turns
-    elif recipe.label == "logprobs":
+    elif rule.label == "logprobs":
         teacher_calls = student_turns
     else:
         teacher_calls = all_turns - student_turns
     triangle = tokens_per_turn * (turns + 1) * (turns + 2) / 2
-    if recipe.label == "action":
+    if rule.label == "action":
         # The trunk runs to the last teacher-executed turn: near the end whenever beta > 0.
         trunk = (turns + 1) * tokens_per_turn if student_share < 1.0 else 0.0
         per_episode = trunk + student_share * triangle
         per_turn_examples = triangle
     else:  # OPD / GRPO train on the student's own trunk: one sequence per episode
         per_episode = per_turn_examples = (turns + 1) * tokens_per_turn
-    return IterationCost(iteration, round(beta, 4), episodes, round(all_turns),
+    return IterationCost(iteration, round(rule.beta, 4), episodes, round(all_turns),
                          round(teacher_calls), round(student_turns), round(episodes * per_episode),
-                         round(episodes * per_turn_examples), loop.epochs)
+                         round(episodes * per_turn_examples), loop.plan.epochs)

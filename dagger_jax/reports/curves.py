@@ -16,12 +16,14 @@ matplotlib.use("Agg")  # files only: no display on a training host
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from dagger_jax.storage import layout  # noqa: E402
+
 X_AXES = ("iteration", "labelled_turns")
 
 
 def evaluated_history(workdir: Path) -> list[dict]:
     """The evaluated iterations of a loop workdir's state.json; ValueError when there are none."""
-    path = Path(workdir) / "state.json"
+    path = layout.state_file(workdir)
     if not path.is_file():
         raise ValueError(f"{workdir} has no state.json (not a loop workdir, or not started)")
     rows = [r for r in json.loads(path.read_text()).get("history", []) if "resolve_rate" in r]

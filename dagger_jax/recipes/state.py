@@ -1,0 +1,43 @@
+"""The outer loop's phase state (`<workdir>/state.json`): what it has decided so far, rewritten
+atomically after every decision so a killed run resumes where it was."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from dagger_jax.storage import layout
+
+PHASES = ("collect", "train", "export", "evaluate")
+
+
+@dataclasses.dataclass
+class LoopState:
+    iteration: int = 1
+    phase: str = "collect"
+    train_start: int | None = None
+    train_end: int | None = None
+    weight_version: str = "iter000"
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def load(cls, workdir: Path) -> "LoopState":
+        path = layout.state_file(workdir)
+        if not path.exists():
+            return cls()
+        try:
+            state = cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{path} is not a loop state this code can read: {e}") from None
+        if state.phase not in PHASES:
+            raise ValueError(f"{path}: phase {state.phase!r} is not one of {PHASES}")
+        return state
+
+    def save(self, workdir: Path) -> None:
+        path = layout.state_file(workdir)
+        tmp = path.with_name(f"{path.name}.tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        os.replace(tmp, path)

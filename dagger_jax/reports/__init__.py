@@ -1,0 +1,1 @@
+"""What a run shows: curves of its history, what an iteration costs at scale."""

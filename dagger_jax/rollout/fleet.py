@@ -1,0 +1,48 @@
+"""Keeping the served student current: every student endpoint serves the latest export.
+
+The loop exports the student after each round and tells the fleet to load it
+(`/update_weights_from_disk`, idempotent); a refusal stops the run, which resumes from there.
+Before any collection that samples the served student, endpoints whose `/get_model_info`
+weight version differs from the run's (a fleet started on another model, or restarted since)
+are told to load the latest export too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from dagger_jax.policies.endpoint_pool import EndpointPool
+from dagger_jax.policies.sglang_client import SGLangClient
+
+log = logging.getLogger(__name__)
+
+
+async def load_export(urls: Sequence[str], export_dir: Path, version: str) -> None:
+    """Every endpoint in `urls` loads `export_dir` as weight version `version`."""
+    pool = EndpointPool.from_urls(list(urls))
+    try:
+        # Absolute: the servers resolve the path in their own working directory.
+        await pool.update_weights_from_disk(str(Path(export_dir).resolve()), version)
+    finally:
+        await pool.aclose()
+
+
+async def sync_student_fleet(urls: Sequence[str], export_dir: Path, version: str) -> None:
+    """Makes the endpoints that do not serve `version` (or do not answer) load `export_dir`."""
+    if not urls:
+        return
+    clients = [SGLangClient(u) for u in urls]
+    try:
+        infos = await asyncio.gather(*(c.model_info() for c in clients), return_exceptions=True)
+    finally:
+        for c in clients:
+            await c.aclose()
+    stale = [u for u, info in zip(urls, infos)
+             if isinstance(info, BaseException) or str(info.get("weight_version")) != version]
+    if stale:
+        log.info("student endpoints %s do not serve version %s: loading %s", stale, version,
+                 export_dir)
+        await load_export(stale, export_dir, version)

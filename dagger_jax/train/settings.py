@@ -1,0 +1,88 @@
+"""What the trainer is told: the train step, the optimizer and its schedule, the mesh, the
+checkpoints. Read once from the config (settings.py at the entry point); frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from dagger_jax.names import check_weight
+from dagger_jax.train.optimizer import ROUND_SCHEDULES, SCHEDULES
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    seed: int = 0
+    steps: int = 100               # the plain job's length (the loop sets each round's own)
+    batch_size: int = 8            # global, in packed rows, per optimizer step
+    seq_len: int = 512
+    grad_accum: int = 1            # micro-batches per step
+    loss_chunk: int = 256          # tokens per chunk of the vocabulary projection in the loss
+    lr: float = 1e-3
+    schedule: str = "cosine"       # cosine | linear | constant (after linear warmup)
+    warmup_steps: int = 10
+    end_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_grad_norm: float = 1.0
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    objective: str = "one"         # names.WEIGHTS: the recipe's weight
+    clip_eps: float = 0.2          # GRPO's ratio clip
+    loss_tokens: int = 0           # 0: each batch's own target count normalises the loss
+    round_schedule: str = ""       # "" | cosine | linear: the loop restarts the rate per round
+    vocab_limit: int = 0           # on-policy objectives: log-probs over ids below this only
+    # The model at run time and its placement.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    attention_block: int = 0
+    mesh_shape: tuple[int, ...] = (1, -1, 1)
+    partition_rules: tuple[tuple[str, Any], ...] = ()
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"config.train.{key}={getattr(self, key)!r}: {rule}")
+        for key in ("batch_size", "seq_len", "grad_accum", "loss_chunk", "log_every",
+                    "checkpoint_every", "keep_checkpoints"):
+            need(getattr(self, key) >= 1, key, "must be >= 1")
+        need(self.steps >= 0, "steps", "must be >= 0")
+        need(self.lr > 0, "lr", "must be > 0")
+        need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        need(0.0 <= self.end_lr_ratio <= 1.0, "end_lr_ratio", "must be in [0, 1]")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.clip_grad_norm >= 0, "clip_grad_norm", "must be >= 0 (0: off)")
+        need(self.loss_tokens >= 0, "loss_tokens", "must be >= 0 (0: each batch's own count)")
+        need(self.vocab_limit >= 0, "vocab_limit", "must be >= 0 (0: the whole vocabulary)")
+        need(self.batch_size % self.grad_accum == 0, "grad_accum",
+             f"must divide train.batch_size={self.batch_size}")
+        need(self.schedule in SCHEDULES, "schedule", f"choose from {SCHEDULES}")
+        need(self.round_schedule in ROUND_SCHEDULES, "round_schedule",
+             f"choose from {ROUND_SCHEDULES} ('': off)")
+        check_weight(self.objective, "config.train.objective")
+        for key in ("dtype", "param_dtype"):
+            if getattr(self, key) not in DTYPES:
+                raise ValueError(f"config.{key}={getattr(self, key)!r}: choose from {DTYPES}")
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> "TrainSettings":
+        """From a config's `train` section and its run-wide keys; `overrides` are the values the
+        entry point derives (the recipe's objective, the sampler's vocabulary limit)."""
+        train = {f.name: config.train[f.name] for f in dataclasses.fields(cls)
+                 if f.name in config.train}
+        train.update(seed=config.seed, dtype=config.dtype, param_dtype=config.param_dtype,
+                     remat=config.remat, attention_block=config.attention_block,
+                     mesh_shape=tuple(config.mesh.shape),
+                     partition_rules=tuple(tuple(rule) for rule in config.partition_rules),
+                     progress=config.progress)
+        if not train.get("objective"):
+            train["objective"] = "one"
+        train.update(overrides)
+        return cls(**train)
