@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 WORKDIR ?= workdirs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup sandbox-deps demo study test
+.PHONY: setup sandbox-deps demo study test test-fast
 
 setup: $(STAMP)
 
@@ -36,5 +36,12 @@ study: setup sandbox-deps
 	$(VENV)/bin/python -m dagger_jax.demo --config=configs/studies/decoys.py --workdir=$(WORKDIR) \
 	  --seeds=$(STUDY_SEEDS) --recipes=sft,dagger --jobs=$(JOBS)
 
+# Two pytest workers, one test file each at a time: while one waits on a sandbox, a server or a
+# child process, the other computes (on 2 cores the suite takes about half as long).
+PYTEST_WORKERS ?= 2
 test: setup sandbox-deps
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The edit-test loop: everything but the tests marked slow (real sandboxes, servers, whole runs).
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

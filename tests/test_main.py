@@ -19,6 +19,9 @@ from dagger_jax.models.qwen3 import params_shape
 from dagger_jax.models.sharding import abstract_sharded_params, make_mesh
 from dagger_jax.train.checkpoint import Checkpointer
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 40
 # A small, fast variant of configs/local.py.

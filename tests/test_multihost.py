@@ -9,8 +9,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from tests.test_main import ROOT, final_params, main_command
+
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
 
 STEPS = 6
 

@@ -11,6 +11,7 @@ A malformed task line or a sandbox fault is reported for that task; the run goes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -21,11 +22,16 @@ from dagger_jax.envs.corruption import corrupt
 from dagger_jax.envs.sandbox import BACKENDS, SandboxError, make_backend
 from dagger_jax.envs.tasks.swebench_source import read_instances
 from dagger_jax.envs.tasks.task import BadTaskLine, read_tasks
-from dagger_jax.policies.base import NoopPolicy
+from dagger_jax.agent import ChatTokenizer
+from dagger_jax.policies.actors import ExpertActor, NoopActor
 from dagger_jax.policies.scripted_expert import ScriptedExpert
-from dagger_jax.rollout.episode import run_episode
+from dagger_jax.rollout.mixed_episode import EpisodeSettings, episode_summary, run_actor_episode
+from dagger_jax.tokenizer.default import default_tokenizer
 
-POLICIES = {"expert": ScriptedExpert, "noop": NoopPolicy}
+POLICIES = {"expert": lambda: ExpertActor(ScriptedExpert()), "noop": NoopActor}
+# The conversation is kept in the default tokenizer's ids (the episode loop's record); no model
+# reads it, so the context budget does not bind.
+UNBOUNDED = EpisodeSettings(context_budget=1 << 30, max_new_tokens=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_episode: {e}", file=sys.stderr)
         return 1
     policy = POLICIES[args.policy]()
+    chat = ChatTokenizer.from_path(default_tokenizer())
+    settings = dataclasses.replace(UNBOUNDED, max_turns=args.max_turns)
     rng = random.Random(args.seed)
     resolved = episodes = bad = 0
     start = time.perf_counter()
@@ -57,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"bad_task_line": item.line_number, "reason": item.reason}), flush=True)
             continue
         setup = (lambda sandbox, task=item: corrupt(sandbox, task, rng, args.corrupt)) if args.corrupt else None
-        result = run_episode(item, policy, backend, max_turns=args.max_turns, setup=setup)
+        record = run_actor_episode(item, policy, backend=backend, chat=chat, settings=settings,
+                                   setup=setup)
         episodes += 1
-        resolved += result.resolved
-        print(json.dumps(result.summary()), flush=True)
+        resolved += record.outcome.resolved
+        print(json.dumps(episode_summary(record)), flush=True)
     seconds = time.perf_counter() - start
     print(json.dumps({"summary": True, "policy": args.policy, "sandbox": args.sandbox,
                       "episodes": episodes, "resolved": resolved,

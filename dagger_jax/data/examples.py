@@ -36,9 +36,7 @@ and the turns past it are dropped. Either way the dropped labelled turns are cou
 
 Which examples a record yields, and their lengths, depend only on the record's turn summaries
 ([executor, prompt_len, executed_end, label length, label executed]); plan_examples works from
-those, so the trainer can plan batches from the shard manifests before reading any record. A
-summary without the fifth field (a manifest written before it existed) plans every student turn
-as its own example, as such runs did, so a resumed run keeps its batches.
+those, so the trainer can plan batches from the shard manifests before reading any record.
 """
 
 from __future__ import annotations
@@ -170,7 +168,7 @@ def plan_examples(
             stats.label_failures += 1
             continue
         stats.labelled_turns += 1
-        if executor == "teacher" or (len(summary) > 4 and summary[4]):
+        if executor == "teacher" or summary[4]:
             if executed_end <= max_len:
                 trunk_turns.append(index)
                 trunk_end = executed_end

@@ -73,12 +73,12 @@ class ShardInfo:
     schema_version: int
     bytes: int
     # Per episode, EpisodeRecord.turn_summaries(): lets the trainer plan examples unread.
-    turn_summaries: tuple[list, ...] | None
+    turn_summaries: tuple[list, ...]
     manifest: Path
     line: int
     # Per episode, [task_id, resolved]: lets the trainer filter (rejection-sampling SFT) and
-    # group (GRPO) episodes unread. None in manifests written before it existed.
-    outcomes: tuple[list, ...] | None = None
+    # group (GRPO) episodes unread.
+    outcomes: tuple[list, ...]
 
     @property
     def name(self) -> str:
@@ -123,10 +123,13 @@ def read_manifest(directory: PathLike) -> list[ShardInfo]:
             entry = json.loads(line)
             name, count = entry["shard"], entry["num_episodes"]
             ids, version, size = entry["episode_ids"], entry["schema_version"], entry["bytes"]
-            summaries = entry.get("turn_summaries")
-            outcomes = entry.get("outcomes")
+            summaries, outcomes = entry.get("turn_summaries"), entry.get("outcomes")
         except (ValueError, KeyError, TypeError) as e:
             raise ShardError(f"{where}: not a manifest entry ({type(e).__name__}: {e})") from e
+        if summaries is None or outcomes is None:
+            raise ShardError(f"{where}: the entry for shard {name!r} lists no "
+                             f"{'turn summaries' if summaries is None else 'outcomes'}: a manifest "
+                             "written by an older dagger_jax; collect the iteration again")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise SchemaVersionError(newer_schema_message(version, f"{where} (shard {name})"))
         if (
@@ -135,9 +138,8 @@ def read_manifest(directory: PathLike) -> list[ShardInfo]:
             or not isinstance(ids, list)
             or not isinstance(size, int)
             or len(ids) != count
-            or (summaries is not None and not isinstance(summaries, list))
-            or (summaries is not None and len(summaries) != count)
-            or (outcomes is not None and not _valid_outcomes(outcomes, count))
+            or not _valid_summaries(summaries, count)
+            or not _valid_outcomes(outcomes, count)
         ):
             raise ShardError(f"{where}: malformed entry for shard {name!r}")
         if name in seen:
@@ -147,11 +149,17 @@ def read_manifest(directory: PathLike) -> list[ShardInfo]:
         if not path.is_file():
             raise ShardError(f"{where}: listed shard {path} does not exist")
         shards.append(
-            ShardInfo(path, count, tuple(ids), version, size,
-                      None if summaries is None else tuple(summaries), manifest, number,
-                      None if outcomes is None else tuple(outcomes))
+            ShardInfo(path, count, tuple(ids), version, size, tuple(summaries), manifest, number,
+                      tuple(outcomes))
         )
     return shards
+
+
+def _valid_summaries(summaries: Any, count: int) -> bool:
+    # Five fields per turn: [executor, prompt_len, executed_end, label length, label executed].
+    return (isinstance(summaries, list) and len(summaries) == count
+            and all(isinstance(turns, list) and all(isinstance(t, list) and len(t) == 5
+                                                    for t in turns) for turns in summaries))
 
 
 def _valid_outcomes(outcomes: Any, count: int) -> bool:
@@ -406,22 +414,16 @@ class EpisodeSource:
     def episode_ids(self) -> list[str]:
         return [loc.episode_id for loc in self.locations]
 
-    def turn_summaries(self, key: int) -> list | None:
-        """The manifest's turn summaries of source[key] (None for a manifest without them)."""
+    def turn_summaries(self, key: int) -> list:
+        """The manifest's turn summaries of source[key]."""
         location = self.locations[key]
-        summaries = self.shards[location.shard].turn_summaries
-        return None if summaries is None else summaries[location.position]
+        return self.shards[location.shard].turn_summaries[location.position]
 
     def outcome(self, key: int) -> tuple[str, bool]:
-        """(task_id, resolved) of source[key]: from the manifest when it lists outcomes, else
-        from the record itself (manifests written before outcomes were listed)."""
+        """(task_id, resolved) of source[key], from the manifest."""
         location = self.locations[key]
-        outcomes = self.shards[location.shard].outcomes
-        if outcomes is not None:
-            task_id, resolved = outcomes[location.position]
-            return task_id, resolved
-        record = self[key]
-        return record.task_id, record.outcome.resolved
+        task_id, resolved = self.shards[location.shard].outcomes[location.position]
+        return task_id, resolved
 
     def directory(self, key: int) -> Path:
         """The directory (iteration) whose manifest lists source[key]."""
@@ -534,16 +536,12 @@ def iter_records(dirs: PathLike | Sequence[PathLike]) -> Iterator[EpisodeRecord]
 
 def labelled_turns(dirs: PathLike | Sequence[PathLike]) -> int:
     """Teacher-labelled turns stored in dirs (the budget recipes are compared at), from the
-    manifests' turn summaries; a record is decoded only where its manifest line has none."""
+    manifests' turn summaries (no record is decoded)."""
     dirs = [d for d in _as_dirs(dirs) if d.exists()]
     if not dirs:
         return 0
     source = EpisodeSource(dirs)
     total = 0
     for key in range(len(source)):
-        summaries = source.turn_summaries(key)
-        if summaries is None:
-            total += sum(1 for turn in source[key].turns if turn.label_ids)
-        else:
-            total += sum(1 for summary in summaries if summary[3])
+        total += sum(1 for summary in source.turn_summaries(key) if summary[3])
     return total

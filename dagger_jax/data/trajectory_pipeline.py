@@ -249,8 +249,6 @@ class TrajectoryPipeline:
                 self.episodes_filtered += 1
                 continue
             summaries = self.source.turn_summaries(key)
-            if summaries is None:  # a manifest without summaries: read the record itself
-                summaries = self.source[key].turn_summaries()
             directory = self.source.directory(key)
             cap = caps.get(directory, 0)
             if cap:
@@ -369,13 +367,8 @@ class TrajectoryPipeline:
         record = records.get(key)
         if record is None:
             record = records[key] = self.source[key]
-        # Planned from the record's own summaries, as many fields of them as the manifest has
-        # (an older manifest plans without the last: data/examples.py).
-        listed = self.source.turn_summaries(key)
-        summaries = record.turn_summaries()
-        if listed:
-            summaries = [s[: len(m)] for s, m in zip(summaries, listed)]
-        specs, _ = plan_examples(summaries, self.max_len, self.target)
+        # Planned again from the record itself: it must give what the manifest planned.
+        specs, _ = plan_examples(record.turn_summaries(), self.max_len, self.target)
         number = int(self._index.number[example])
         if number >= len(specs) or specs[number].length != self._index.length[example]:
             location = self.source.locations[key]

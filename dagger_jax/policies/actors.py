@@ -14,7 +14,7 @@ import dataclasses
 import time
 from typing import Protocol, Sequence
 
-from dagger_jax.agent import ChatTokenizer
+from dagger_jax.agent import ChatTokenizer, ToolCall, render_action
 from dagger_jax.envs.sandbox.base import Sandbox
 from dagger_jax.envs.tasks.task import Task
 from dagger_jax.policies.base import AgentState
@@ -97,3 +97,13 @@ class ExpertActor:
         text = await asyncio.to_thread(
             self.expert.act, AgentState(state.task, state.messages, state.sandbox))
         return Action(text=text, token_ids=None, latency_s=time.perf_counter() - start)
+
+
+class NoopActor:
+    """Finishes at once without changing anything: the floor every task must fail at."""
+
+    name = "noop"
+
+    async def act(self, state: TurnState) -> Action:
+        return Action(text=render_action(ToolCall("finish", {}), "Nothing to change."),
+                      token_ids=None)

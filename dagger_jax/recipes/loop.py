@@ -230,13 +230,15 @@ class Loop:
             self.state.train_end = start + sum(p.num_steps(e) for p, e in passes)
             self.state.save(self.workdir)
         start, end = self.state.train_start, self.state.train_end
-        # Step -> (pipeline, its step): a pure function of the step, so a resumed run's batches
-        # are the ones it would have had.
+        # Step -> (pass, its step): a pure function of the step, so a resumed run's batches are
+        # the ones it would have had. Each pass reads through its grain iterator, which loads
+        # the next batches while a step trains.
         bounds = np.cumsum([start] + [p.num_steps(e) for p, e in passes])
+        reads = [p.batch_fn(first_step=int(first)) for (p, _), first in zip(passes, bounds)]
 
         def batch(step: int) -> dict[str, np.ndarray]:
             k = int(np.searchsorted(bounds, step, side="right")) - 1
-            return passes[min(k, len(passes) - 1)][0].batch(step - int(bounds[k]))
+            return reads[min(k, len(reads) - 1)](step)
 
         log.info("iteration %d: training steps %d..%d on %s", i, start, end, " then ".join(
             f"{p.num_examples} examples x {e} epochs" for p, e in passes))

@@ -18,17 +18,18 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dagger_jax.agent import ChatTokenizer, initial_messages, parse_action
 from dagger_jax.agent.prompts import PROMPT_STYLES
 from dagger_jax.data.records import EpisodeRecord, Outcome, TurnRecord
 from dagger_jax.envs.editor import StrReplaceEditor
 from dagger_jax.envs.grading import grade
-from dagger_jax.envs.sandbox.base import SandboxBackend, SandboxError
+from dagger_jax.envs.base_image import DEFAULT_RECIPE
+from dagger_jax.envs.sandbox.base import Sandbox, SandboxBackend, SandboxError, SandboxSpec
+from dagger_jax.envs.tasks.repo import materialize_repo
 from dagger_jax.envs.tasks.task import Task
 from dagger_jax.policies.actors import Action, Actor, TurnState
-from dagger_jax.rollout.episode import sandbox_spec
 from dagger_jax.rollout.mixing import STUDENT, TEACHER, RolloutRule
 from dagger_jax.rollout.stats import CollectorStats
 from dagger_jax.rollout.tool_execution import execute_call
@@ -61,12 +62,26 @@ class EpisodeSettings:
                              f"{self.stuck_repeats}")
 
 
+# Called with the open sandbox before the first turn (tools/run_episode.py --corrupt, tests):
+# the episode starts from a damaged state.
+Setup = Callable[[Sandbox], None]
+
+
 @dataclasses.dataclass(frozen=True)
 class Provenance:
     iteration: int
     student_version: str
     teacher_id: str
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def sandbox_spec(task: Task, backend: SandboxBackend, work_dir: Path) -> SandboxSpec:
+    """The task's own image where the backend runs images and the task has one (the repo is
+    already in it); else its repo files, copied in, on the base image."""
+    if task.image is not None and (backend.runs_images or task.repo_files is None):
+        return SandboxSpec(image=task.image)
+    return SandboxSpec(image=DEFAULT_RECIPE.image,
+                       repo_dir=materialize_repo(task, work_dir / "repo"))
 
 
 def turn_seed(episode_seed_: int, turn: int) -> int:
@@ -134,6 +149,8 @@ class _Episode:
         if executor == TEACHER:
             try:
                 executed = label = await self._call(self.teacher, TEACHER, state)
+            except SandboxError:
+                raise  # the sandbox died under a privileged actor: the sandbox's fault, not its
             except Exception as e:  # noqa: BLE001 - the teacher had to act: the episode ends
                 self.end_reason, self.error = "teacher_error", f"{type(e).__name__}: {e}"
                 self.stats.count("teacher_failures")
@@ -143,6 +160,9 @@ class _Episode:
             if self.rule.label == "action":
                 calls.append(self._call(self.teacher, TEACHER, state))
             results = await asyncio.gather(*calls, return_exceptions=True)
+            for result in results:
+                if isinstance(result, SandboxError):
+                    raise result
             if isinstance(results[0], BaseException):
                 self.end_reason = "policy_error"
                 self.error = f"student: {type(results[0]).__name__}: {results[0]}"
@@ -215,13 +235,15 @@ class _Episode:
             return False
         return True
 
-    async def run(self, backend: SandboxBackend) -> Outcome:
+    async def run(self, backend: SandboxBackend, setup: Setup | None = None) -> Outcome:
         result = None
         with tempfile.TemporaryDirectory(prefix="dagger_jax-episode-") as tmp:
             try:
                 spec = sandbox_spec(self.task, backend, Path(tmp))
                 sandbox = await asyncio.to_thread(backend.open, spec)
                 try:
+                    if setup is not None:
+                        await asyncio.to_thread(setup, sandbox)
                     self.editor = StrReplaceEditor(sandbox, miss_hint=self.settings.edit_miss_hint)
                     for index in range(self.settings.max_turns):
                         if not await self.turn(index, sandbox):
@@ -250,8 +272,8 @@ class _Episode:
 async def run_mixed_episode(task: Task, *, episode_id: str, seed: int, rule: RolloutRule,
                             student: Actor | None, teacher: Actor | None, chat: ChatTokenizer,
                             backend: SandboxBackend, settings: EpisodeSettings,
-                            provenance: Provenance, stats: CollectorStats | None = None
-                            ) -> EpisodeRecord:
+                            provenance: Provenance, stats: CollectorStats | None = None,
+                            setup: Setup | None = None) -> EpisodeRecord:
     """Runs and grades one episode and returns its record; faults end it with a reason."""
     if rule.needs_teacher and teacher is None:
         raise ValueError(f"episode {episode_id}: rule {rule} needs a teacher")
@@ -260,7 +282,7 @@ async def run_mixed_episode(task: Task, *, episode_id: str, seed: int, rule: Rol
     stats = stats if stats is not None else CollectorStats()
     episode = _Episode(task, episode_id, seed, rule, student, teacher, chat, settings, stats)
     start = time.perf_counter()
-    outcome = await episode.run(backend)
+    outcome = await episode.run(backend, setup)
     stats.count("episodes")
     stats.count("resolved", int(outcome.resolved))
     return EpisodeRecord(
@@ -272,3 +294,25 @@ async def run_mixed_episode(task: Task, *, episode_id: str, seed: int, rule: Rol
         timings={**episode.timings, "seconds": time.perf_counter() - start},
         metadata={**provenance.metadata, "split": task.split, "source": task.source,
                   "rule": dataclasses.asdict(rule)})
+
+
+def run_actor_episode(task: Task, actor: Actor, *, backend: SandboxBackend, chat: ChatTokenizer,
+                      settings: EpisodeSettings = EpisodeSettings(), setup: Setup | None = None,
+                      seed: int = 0) -> EpisodeRecord:
+    """One episode acted by `actor` alone (the teacher's seat, beta 1, nothing else labelled),
+    on the same episode loop as collection: tools/run_episode.py and the sandbox tests."""
+    rule = RolloutRule(beta=1.0, label="none")
+    return asyncio.run(run_mixed_episode(
+        task, episode_id=f"single/{task.instance_id}/0", seed=seed, rule=rule, student=None,
+        teacher=actor, chat=chat, backend=backend, settings=settings,
+        provenance=Provenance(iteration=0, student_version="", teacher_id=actor.name),
+        setup=setup))
+
+
+def episode_summary(record: EpisodeRecord) -> dict[str, Any]:
+    """One line per episode, as tools print them."""
+    o = record.outcome
+    return {"instance_id": record.task_id, "policy": record.teacher_id, "resolved": o.resolved,
+            "turns": len(record.turns), "end_reason": o.end_reason,
+            "patch_lines": len(o.patch.splitlines()),
+            "seconds": round(record.timings.get("seconds", 0.0), 2), "error": o.error}

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from dagger_jax.agent import ChatTokenizer
-from dagger_jax.tokenizer.sample_corpus import sample_texts
-from dagger_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
+from dagger_jax.tokenizer import load_tokenizer
 
 # Mimics Qwen2.5 / Qwen3 for tool results: a default system prompt when none is given,
 # and tool messages rendered inside a user block, consecutive ones merged into one.
@@ -46,13 +45,13 @@ PLAIN_CONCAT_TEMPLATE = (
 
 
 @pytest.fixture(scope="session")
-def chatml_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_bpe_tokenizer(sample_texts(200, seed=0), 512, tmp_path_factory.mktemp("chatml"))
+def chatml_dir(chat_dir: Path) -> Path:
+    return chat_dir  # tests/conftest.py's, built once per run
 
 
 @pytest.fixture(scope="session")
-def chatml(chatml_dir: Path) -> ChatTokenizer:
-    return ChatTokenizer.from_path(chatml_dir)
+def chatml(chat: ChatTokenizer) -> ChatTokenizer:
+    return chat
 
 
 def qwen_style_tokenizer(chatml_dir: Path, *, tool_response_tokens: bool) -> ChatTokenizer:

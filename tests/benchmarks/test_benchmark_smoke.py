@@ -16,6 +16,9 @@ import pytest
 
 from dagger_jax.models.config import Qwen3Config
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
 
 

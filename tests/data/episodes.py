@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection
-from pathlib import Path
 
 from dagger_jax.agent import ChatTokenizer, ToolCall, initial_messages, render_action
 from dagger_jax.data.records import EpisodeRecord, Outcome, TurnRecord
-from dagger_jax.tokenizer.sample_corpus import sample_texts
-from dagger_jax.tokenizer import train_bpe_tokenizer
 
 COMMANDS = ("ls", "cat setup.py", "grep -rn parse src", "python -m pytest -q tests", "git diff")
 THOUGHTS = ("Let me look around.", "Check the failing test.", "", "Now run the tests again.")
-
-
-def train_chat(directory: Path) -> ChatTokenizer:
-    """The project's ChatML template on a small BPE trained from the sample corpus."""
-    return ChatTokenizer.from_path(train_bpe_tokenizer(sample_texts(200, seed=0), 512, directory))
 
 
 def sampled_ids(chat: ChatTokenizer, text: str, rng: random.Random) -> list[int]:

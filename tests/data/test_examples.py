@@ -18,14 +18,9 @@ from dagger_jax.data.examples import (
     plan_examples,
 )
 from dagger_jax.data.packing import pack_examples
-from tests.data.episodes import make_episode, train_chat
+from tests.data.episodes import make_episode
 
 BIG = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def chat(tmp_path_factory: pytest.TempPathFactory) -> ChatTokenizer:
-    return train_chat(tmp_path_factory.mktemp("chat"))
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +129,6 @@ def test_student_turns_that_said_their_label_train_in_the_trunk(chat: ChatTokeni
     for t in in_trunk:  # each target after exactly the prompt that turn was generated from
         assert trunk.ids[: t.prompt_len].tolist() == prompts[t.index]
     assert (stats.trained_turns, stats.student_turns_in_trunk, stats.examples) == (5, 2, 2)
-    # A manifest written before the fifth summary field plans each student turn alone.
-    old = [summary[:4] for summary in record.turn_summaries()]
-    specs, old_stats = plan_examples(old, BIG)
-    assert [(s.kind, s.turns) for s in specs] == [
-        (LABEL_TRUNK, (0, 4)), (STUDENT_TURN, (1,)), (STUDENT_TURN, (2,)), (STUDENT_TURN, (3,))]
-    assert old_stats.student_turns_in_trunk == 0 and old_stats.trained_turns == 5
 
 
 def test_a_record_whose_trunk_turn_is_not_its_label_is_refused(chat: ChatTokenizer) -> None:

@@ -13,15 +13,10 @@ import pytest
 from dagger_jax.data.examples import (STUDENT_TRUNK, TEACHER_LOGPROB_FLOOR, build_example,
                                       build_examples, plan_examples)
 from dagger_jax.data.packing import pack_examples
-from dagger_jax.data.shards import MANIFEST, EpisodeSource, ShardWriter
+from dagger_jax.data.shards import MANIFEST, EpisodeSource, ShardError, ShardWriter
 from dagger_jax.storage.layout import iteration_dir
 from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline, group_advantages
-from tests.data.episodes import episode_batch, make_episode, train_chat
-
-
-@pytest.fixture(scope="module")
-def chat(tmp_path_factory: pytest.TempPathFactory):
-    return train_chat(tmp_path_factory.mktemp("chat"))
+from tests.data.episodes import episode_batch, make_episode
 
 
 def write(directory: Path, records) -> Path:
@@ -169,12 +164,13 @@ def test_rs_sft_trains_on_resolved_episodes_only_planned_from_the_manifest(tmp_p
     everything = pipeline([directory])
     assert everything.episodes_filtered == 0 and everything.stats.episodes == len(records)
 
-    # A manifest from before outcomes were listed: the records are read instead, same plan.
+    # A manifest from before outcomes were listed is refused by name (collect it again).
     lines = [json.loads(line) for line in manifest_lines]
     for line in lines:
         del line["outcomes"]
     (directory / MANIFEST).write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert pipeline([directory], success_filter=True).fingerprint == p.fingerprint
+    with pytest.raises(ShardError, match="lists no outcomes: a manifest written by an older"):
+        pipeline([directory], success_filter=True)
 
 
 def test_rs_sft_with_no_resolved_episode_is_a_clear_error(tmp_path, chat):

@@ -15,12 +15,7 @@ from dagger_jax.data.records import (
     RecordError,
     SchemaVersionError,
 )
-from tests.data.episodes import make_episode, train_chat
-
-
-@pytest.fixture(scope="module")
-def chat(tmp_path_factory: pytest.TempPathFactory) -> ChatTokenizer:
-    return train_chat(tmp_path_factory.mktemp("chat"))
+from tests.data.episodes import make_episode
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,9 @@ from dagger_jax.data.shards import (
     read_manifest,
 )
 from dagger_jax.storage.layout import all_iteration_dirs, iteration_dir
-from tests.data.episodes import episode_batch, train_chat
+from tests.data.episodes import episode_batch
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def chat(tmp_path_factory: pytest.TempPathFactory) -> ChatTokenizer:
-    return train_chat(tmp_path_factory.mktemp("chat"))
 
 
 @pytest.fixture(scope="module")

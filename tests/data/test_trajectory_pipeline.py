@@ -15,14 +15,9 @@ from dagger_jax.data.packing import PACKED_KEYS
 from dagger_jax.data.shards import EpisodeSource, ShardError, ShardWriter, iter_records
 from dagger_jax.storage.layout import all_iteration_dirs, iteration_dir
 from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline, pack_rows
-from tests.data.episodes import episode_batch, make_episode, train_chat
+from tests.data.episodes import episode_batch, make_episode
 
 SEQ_LEN = 1024
-
-
-@pytest.fixture(scope="module")
-def chat(tmp_path_factory: pytest.TempPathFactory):
-    return train_chat(tmp_path_factory.mktemp("chat"))
 
 
 @pytest.fixture(scope="module")
@@ -270,10 +265,10 @@ def test_label_caps_keep_whole_episodes_in_id_order_up_to_each_iterations_cap(wo
         make(workdir, label_caps=[5])
 
 
-def test_agreeing_student_turns_and_manifests_from_before_they_trained_in_the_trunk(
+def test_agreeing_student_turns_train_in_the_trunk_and_older_manifests_are_refused(
         tmp_path: Path, chat) -> None:
-    """A student turn that executed its label trains inside the trunk; a manifest written
-    before the summaries said so (four fields) keeps its old plan, and its batches still load."""
+    """A student turn that executed its label trains inside the trunk. A manifest written
+    before the summaries said so (four fields) is refused by name, not planned some other way."""
     records = [make_episode(chat, f"job0/agree_{k}/0", executors)[0]
                for k, executors in enumerate(["tasat", "aat", "sa", "tt"])]
     with ShardWriter(iteration_dir(tmp_path, 0), "w0", 2) as writer:
@@ -282,19 +277,17 @@ def test_agreeing_student_turns_and_manifests_from_before_they_trained_in_the_tr
     new = TrajectoryPipeline([iteration_dir(tmp_path, 0)], seq_len=SEQ_LEN, batch_size=2,
                              seed=7, process_index=0, process_count=1)
     assert new.stats.student_turns_in_trunk == 5 and new.stats.examples == 6
+    got: Counter = Counter()
+    for step in range(new.batches_per_epoch):
+        got.update(segments(new.batch(step)))
+    targets = sum(sum(mask) for (_, mask), n in got.items() for _ in range(n))
+    assert sum(got.values()) == new.stats.examples
+    assert targets == new.stats.target_tokens
     manifest = iteration_dir(tmp_path, 0) / "manifest.jsonl"
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
     for line in lines:
         line["turn_summaries"] = [[s[:4] for s in episode] for episode in line["turn_summaries"]]
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    old = TrajectoryPipeline([iteration_dir(tmp_path, 0)], seq_len=SEQ_LEN, batch_size=2,
-                             seed=7, process_index=0, process_count=1)
-    assert old.stats.student_turns_in_trunk == 0 and old.stats.examples == 10
-    assert old.fingerprint != new.fingerprint
-    for pipeline in (new, old):
-        got: Counter = Counter()
-        for step in range(pipeline.batches_per_epoch):
-            got.update(segments(pipeline.batch(step)))
-        targets = sum(sum(mask) for (_, mask), n in got.items() for _ in range(n))
-        assert sum(got.values()) == pipeline.stats.examples
-        assert targets == pipeline.stats.target_tokens
+    with pytest.raises(ShardError, match="manifest.jsonl line 1: malformed entry for shard"):
+        TrajectoryPipeline([iteration_dir(tmp_path, 0)], seq_len=SEQ_LEN, batch_size=2, seed=7,
+                           process_index=0, process_count=1)

@@ -52,6 +52,7 @@ def test_unknown_model_key_is_named():
         Qwen3Config.from_dict({"hiden_size": 3}, where="config.model")
 
 
+@pytest.mark.slow
 def test_remat_policies_do_not_change_the_gradients():
     config = Qwen3Config.from_hf_dict(transformers.Qwen3Config(**TINY).to_dict())
     params = init_params(config, jax.random.key(1))

@@ -94,6 +94,7 @@ def test_sharded_import_places_params_by_rules(tmp_path):
     assert _rel_err(ours, hf_logits(hf_model, tokens)) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", [4, 8])
 def test_blocked_attention_equals_dense_with_packing(tmp_path, block):
     """The causal-block form gives the dense form's logits and gradients on packed rows."""

@@ -170,6 +170,7 @@ def test_vocab_limit_keeps_sampling_below_it(model):
         Request(PROMPTS[0], NEW, vocab_limit=-1)
 
 
+@pytest.mark.slow
 def test_prefix_cache_reuses_earlier_turns_and_changes_nothing(model):
     """Three 'turns' per row, each prompt = last prompt + its output + new tokens (an agent's
     growing context): with the cache, turns 2-3 prefill only their new part, and tokens and

@@ -10,6 +10,9 @@ import pytest
 from dagger_jax.config_base import load_config_file
 from dagger_jax.demo import comparison, print_comparison, run_config
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -46,7 +46,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from dagger_jax.data.shards import EpisodeSource, labelled_turns, read_manifest
-from tests.envs.sandbox.conftest import bwrap_backend, sandbox_deps  # noqa: F401
+
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS, TASKS, EVAL_TASKS = 2, 3, 2
@@ -254,7 +256,7 @@ RECORD_DIRS = [f"data/iter_{i:03d}" for i in range(1, ITERATIONS + 1)] + \
 
 
 def test_loop_killed_at_four_points_resumes_to_the_uninterrupted_result(
-        tmp_path, bwrap_backend):  # noqa: F811
+        tmp_path, bwrap_backend):
     reference_dir, chain_dir = tmp_path / "reference", tmp_path / "chain"
     reference_log = tmp_path / "reference.log"
     env = environment(tmp_path)

@@ -43,8 +43,10 @@ from dagger_jax.policies.actors import ExpertActor, TokenActor
 from dagger_jax.recipes.recipes import get_recipe
 from dagger_jax.settings import actor_source, read_settings, teacher_spec
 from dagger_jax.rollout.actor_specs import build_actor
-from tests.envs.sandbox.conftest import bwrap_backend, sandbox_deps  # noqa: F401
 from tests.rollout.test_service import free_port, start_service
+
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = 2
@@ -106,7 +108,7 @@ def random_params(config: Qwen3Config):
     return jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype), shapes)
 
 
-def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):  # noqa: F811
+def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):
     began = time.monotonic()
     env = environment(tmp_path)
     workdir = (tmp_path / "run").resolve()  # as the loop names the paths it sends

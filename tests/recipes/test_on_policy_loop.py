@@ -15,16 +15,16 @@ import jax
 import numpy as np
 import pytest
 
-from dagger_jax.tokenizer.sample_corpus import sample_texts
 from dagger_jax.data.shards import EpisodeSource
 from dagger_jax.storage.layout import iteration_dir
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import export_hf
 from dagger_jax.models.qwen3 import init_params
-from dagger_jax.tokenizer import train_bpe_tokenizer
-from tests.envs.sandbox.conftest import bwrap_backend, sandbox_deps  # noqa: F401
 from tests.serving.servers import serve_local
 from tests.test_main import env
+
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 # configs/local.py:<recipe> made tiny: a 2-layer student with dense attention (compiles faster
@@ -44,8 +44,8 @@ OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    return train_bpe_tokenizer(sample_texts(200, seed=0), 512, tmp_path_factory.mktemp("tok"))
+def tokenizer_dir(chat_dir) -> Path:
+    return chat_dir
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def trained(stderr: str) -> tuple[str, dict]:
 
 
 def test_opd_iteration_trains_reverse_kl_on_teacher_scored_student_tokens(
-        tmp_path, tokenizer_dir, teacher_url, bwrap_backend):  # noqa: F811
+        tmp_path, tokenizer_dir, teacher_url, bwrap_backend):
     done = run_loop("opd", tmp_path / "w", tokenizer_dir, "--config.loop.teacher=sglang",
                     f"--config.loop.teacher_endpoints={teacher_url}")
     assert done.returncode == 0, done.stderr[-4000:]
@@ -92,7 +92,7 @@ def test_opd_iteration_trains_reverse_kl_on_teacher_scored_student_tokens(
 
 
 def test_grpo_iteration_trains_the_clipped_group_objective(
-        tmp_path, tokenizer_dir, bwrap_backend):  # noqa: F811
+        tmp_path, tokenizer_dir, bwrap_backend):
     done = run_loop("grpo", tmp_path / "w", tokenizer_dir)
     assert done.returncode == 0, done.stderr[-4000:]
     objective, metrics = trained(done.stderr)
@@ -110,7 +110,7 @@ def test_grpo_iteration_trains_the_clipped_group_objective(
 
 
 
-def test_a_loop_starts_from_weights_imported_with_import_hf(tmp_path, tokenizer_dir, bwrap_backend):  # noqa: F811
+def test_a_loop_starts_from_weights_imported_with_import_hf(tmp_path, tokenizer_dir, bwrap_backend):
     """The paper-scale path: tools/import_hf.py writes checkpoint 0, then the loop runs from it
     (its iteration-0 export is the imported model, not a fresh initialisation)."""
     from safetensors.numpy import load_file

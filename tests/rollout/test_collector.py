@@ -20,6 +20,9 @@ from dagger_jax.rollout.collector import CollectionJob, collect
 from dagger_jax.rollout.mixed_episode import EpisodeSettings
 from dagger_jax.rollout.mixing import RolloutRule
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 TASKS = {t.instance_id: t for t in generate_tasks(8, seed=5)}
 
 

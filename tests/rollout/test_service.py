@@ -26,6 +26,9 @@ from dagger_jax.rollout.mixing import RolloutRule
 from dagger_jax.rollout.service import ServiceJob
 from dagger_jax.rollout.service_client import RolloutServiceClient, RolloutServiceError
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 TASKS = generate_tasks(10, seed=21)
 
 

@@ -24,8 +24,10 @@ from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import export_hf
 from dagger_jax.models.qwen3 import params_shape
 from dagger_jax.tokenizer import train_bpe_tokenizer
-from tests.envs.sandbox.conftest import docker_backend, sandbox_deps  # noqa: F401
 from tests.envs.sandbox.swebench_instances import harness_instance
+
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "eval_swebench.py"
@@ -58,7 +60,7 @@ def changed_lines(patch: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def instance(tmp_path_factory, docker_backend):  # noqa: F811 - docker made ready first
+def instance(tmp_path_factory, docker_backend):  # docker made ready first
     root = tmp_path_factory.mktemp("swebench")
     data = harness_instance(root)
     path = root / "instances.jsonl"

@@ -13,6 +13,9 @@ import transformers
 
 from tests.models.hf_fixtures import hf_logits, make_hf_qwen3
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

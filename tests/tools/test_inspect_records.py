@@ -11,7 +11,7 @@ import pytest
 
 from dagger_jax.data.shards import ShardWriter
 from dagger_jax.storage.layout import iteration_dir
-from tests.data.episodes import episode_batch, make_episode, train_chat
+from tests.data.episodes import episode_batch, make_episode
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,8 +22,7 @@ def run_tool(*args: object) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory: pytest.TempPathFactory):
-    chat = train_chat(tmp_path_factory.mktemp("chat"))
+def collected(tmp_path_factory: pytest.TempPathFactory, chat):
     workdir = tmp_path_factory.mktemp("workdir")
     iterations = [episode_batch(chat, 6, iteration=0), episode_batch(chat, 4, iteration=1)]
     special, _ = make_episode(chat, "job1/special/0", "tsst", failed=[2], iteration=1, resolved=True)

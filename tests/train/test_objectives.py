@@ -209,13 +209,13 @@ def test_opd_model_gradients_equal_a_plain_full_logits_implementation():
 def test_train_step_objectives_and_their_batch_keys():
     assert batch_keys("one") == ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions")
     assert batch_keys("group_advantage")[-2:] == ("loss_weights", "old_logprobs")
-    with pytest.raises(ValueError, match="objective 'ppo'"):
+    with pytest.raises(ValueError, match="train objective: weight 'ppo' not in"):
         batch_keys("ppo")
     model = Qwen3ForCausalLM(CONFIG)
     optimizer, schedule = make_optimizer(ml_collections.ConfigDict(dict(
         steps=4, lr=1e-2, warmup_steps=0, schedule="constant", end_lr_ratio=1.0, b1=0.9,
         b2=0.95, eps=1e-8, weight_decay=0.0, clip_grad_norm=1.0)))
-    with pytest.raises(ValueError, match="objective 'ppo' not in"):
+    with pytest.raises(ValueError, match="train objective: weight 'ppo' not in"):
         make_train_step(model, optimizer, schedule, 1, 8, objective="ppo")
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),

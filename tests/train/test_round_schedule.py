@@ -15,6 +15,9 @@ from dagger_jax.train.settings import TrainSettings
 from dagger_jax.train.trainer import Trainer as _Trainer
 from tests.train.test_train_step import CONFIG, random_batch
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 
 def trainer_config(round_schedule: str):
     c = base_config()

@@ -88,6 +88,7 @@ def _run_steps(mesh, batch, grad_accum=1, steps=2, loss_tokens=0):
     return state, metrics
 
 
+@pytest.mark.slow
 def test_sharded_2x2x2_step_matches_one_device():
     assert jax.device_count() == 8, "tests/conftest.py forces 8 CPU devices"
     batch = random_batch(8, 16)
@@ -113,6 +114,7 @@ def test_sharded_2x2x2_step_matches_one_device():
     assert sharded_state.params["norm"]["scale"].sharding.spec == P()
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_one_big_batch():
     mesh = make_mesh((1, 2, 1), jax.devices()[:2])
     batch = random_batch(8, 16, seed=3)
@@ -123,6 +125,7 @@ def test_grad_accumulation_equals_one_big_batch():
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_fixed_loss_normaliser_scales_the_gradient_by_the_batchs_targets():
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     batch = random_batch(4, 16, seed=4)

@@ -1,59 +1,14 @@
-"""Fixtures for the sandbox tests: the machine's sandbox deps, both backends, a task repo.
-
-The deps are made, not assumed: tools/ensure_sandbox_deps.sh installs and starts what is
-missing. If docker still cannot be had, the docker tests fail with the script's reason (they
-never skip); the bubblewrap tests run regardless.
-"""
+"""Fixtures for the sandbox tests: a task repo and snapshots (the backends are session fixtures
+of tests/conftest.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from dagger_jax.envs.sandbox import SandboxLimits, SandboxSpec
-
-ROOT = Path(__file__).resolve().parents[3]
-BACKENDS = ("bwrap", "docker")
-# Small limits keep the limit tests quick; 512 MB still runs python3, git and pytest.
-LIMITS = SandboxLimits(memory_mb=512, pids=64, cpus=1.0, command_timeout_s=60.0,
-                       output_limit_bytes=4096)
-
-
-@dataclass(frozen=True)
-class Deps:
-    ok: bool
-    report: str
-
-
-@pytest.fixture(scope="session")
-def sandbox_deps() -> Deps:
-    done = subprocess.run(["bash", str(ROOT / "tools" / "ensure_sandbox_deps.sh"), sys.executable],
-                          capture_output=True, text=True, timeout=1800)
-    return Deps(done.returncode == 0, (done.stdout + done.stderr).strip())
-
-
-@pytest.fixture(scope="session")
-def docker_backend(sandbox_deps):
-    if not sandbox_deps.ok:
-        pytest.fail(f"docker sandbox unavailable: tools/ensure_sandbox_deps.sh failed:\n"
-                    f"{sandbox_deps.report}")
-    from dagger_jax.envs.sandbox.docker_backend import DockerBackend
-    return DockerBackend(LIMITS, run_id="pytest")
-
-
-@pytest.fixture(scope="session")
-def bwrap_backend(sandbox_deps):
-    from dagger_jax.envs.sandbox.bwrap import BwrapBackend
-    return BwrapBackend(LIMITS)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.getfixturevalue(f"{request.param}_backend")
+from dagger_jax.envs.sandbox import SandboxSpec
+from tests.conftest import LIMITS, ROOT  # noqa: F401 - the sandbox tests import them from here
 
 
 def make_repo(root: Path) -> Path:
@@ -86,3 +41,40 @@ def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under root with its bytes, to prove a host repo did not change."""
     return {str(p.relative_to(root)): p.read_bytes()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class Ran:
+    """One single-actor episode's record, read as the sandbox tests check it."""
+
+    def __init__(self, record):
+        self.record = record
+        self.outcome = record.outcome
+        self.resolved, self.end_reason = record.outcome.resolved, record.outcome.end_reason
+        self.error, self.patch = record.outcome.error, record.outcome.patch
+        self.turns, self.messages = len(record.turns), record.messages
+
+    def summary(self) -> dict:
+        from dagger_jax.rollout.mixed_episode import episode_summary
+        return episode_summary(self.record)
+
+
+@pytest.fixture(scope="session")
+def run_episode(chat):
+    """run_episode(task, policy, backend, max_turns=30, setup=None, edit_miss_hint=False): one
+    episode acted by `policy` alone (an object with act(AgentState) -> text, or an actor) on the
+    collector's episode loop."""
+    from dagger_jax.policies.actors import ExpertActor
+    from dagger_jax.rollout.mixed_episode import EpisodeSettings, run_actor_episode
+
+    def run(task, policy, backend, max_turns=30, setup=None, edit_miss_hint=False) -> Ran:
+        actor = policy if hasattr(policy, "act") and _is_async(policy.act) else ExpertActor(policy)
+        settings = EpisodeSettings(max_turns=max_turns, context_budget=1 << 30, max_new_tokens=1,
+                                   edit_miss_hint=edit_miss_hint)
+        return Ran(run_actor_episode(task, actor, backend=backend, chat=chat, settings=settings,
+                                     setup=setup))
+    return run
+
+
+def _is_async(function) -> bool:
+    import inspect
+    return inspect.iscoroutinefunction(function)

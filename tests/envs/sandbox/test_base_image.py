@@ -5,8 +5,13 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 
+import pytest
+
 from dagger_jax.envs.base_image import (DEFAULT_RECIPE, BaseImageRecipe, cached_rootfs,
                                         ensure_image, image_recipe_version, rootfs_dir)
+
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
 
 
 def test_recipe_version_changes_with_the_recipe():

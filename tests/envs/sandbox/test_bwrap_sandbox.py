@@ -16,6 +16,9 @@ from dagger_jax.envs.sandbox.confine import UID_BASE
 
 from tests.envs.sandbox.conftest import LIMITS, ROOT
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 
 def test_uses_the_cached_base_rootfs(bwrap_backend, sandbox_deps):
     assert bwrap_backend.rootfs is not None, f"no base rootfs was built:\n{sandbox_deps.report}"

@@ -20,6 +20,9 @@ from dagger_jax.envs.sandbox.docker_sandbox import LABEL_OWNER_PID, LABEL_RUN, L
 
 from tests.envs.sandbox.conftest import LIMITS, ROOT
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 
 def _exists(client, container_id: str) -> bool:
     try:

@@ -6,6 +6,9 @@ import pytest
 
 from dagger_jax.envs.editor import StrReplaceEditor, numbered
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def editor(sandbox):

@@ -12,6 +12,9 @@ from dagger_jax.envs.sandbox import SandboxSpec
 from dagger_jax.envs.tasks.repo import materialize_repo
 from dagger_jax.envs.tasks.synthetic import Difficulty, generate_tasks
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 TASKS = generate_tasks(2, seed=21, difficulty=Difficulty(files=2, functions_per_file=2))
 
 

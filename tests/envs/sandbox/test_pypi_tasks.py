@@ -29,11 +29,13 @@ from dagger_jax.envs.tasks.repo import materialize_repo
 from dagger_jax.envs.tasks.source_mutations import (MutationError, SourceMutation, apply_mutation,
                                                     candidate_mutations, functions)
 from dagger_jax.envs.tasks.task import Task
-from dagger_jax.policies.base import NoopPolicy
+from dagger_jax.policies.actors import NoopActor
 from dagger_jax.policies.patching import apply_patch
 from dagger_jax.policies.scripted_expert import ScriptedExpert
-from dagger_jax.rollout.episode import run_episode
 from tests.envs.sandbox.conftest import ROOT
+
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
 
 INFLECTION = "inflection==0.5.1"
 TOOLZ = "toolz==1.2.0"
@@ -113,17 +115,17 @@ def test_fail_to_pass_fails_at_base_and_the_gold_patch_resolves(backend, inflect
     assert result.resolved, (result.status, result.error)
 
 
-def test_the_expert_resolves_them_and_noop_does_not(backend, inflection_tasks):
+def test_the_expert_resolves_them_and_noop_does_not(backend, inflection_tasks, run_episode):
     task = inflection_tasks[1]
     expert = run_episode(task, ScriptedExpert(), backend)
-    noop = run_episode(task, NoopPolicy(), backend)
+    noop = run_episode(task, NoopActor(), backend)
     assert expert.resolved and expert.end_reason == "finish", expert.summary()
-    assert not noop.resolved and noop.grade.fail_to_pass_passed == 0
+    assert not noop.resolved and noop.outcome.fail_to_pass_passed == 0
 
 
-def test_the_expert_resolves_a_bug_in_a_package_with_nested_tests(bwrap_backend, toolz_task):
+def test_the_expert_resolves_a_bug_in_a_package_with_nested_tests(bwrap_backend, toolz_task, run_episode):
     assert run_episode(toolz_task, ScriptedExpert(), bwrap_backend).resolved
-    assert not run_episode(toolz_task, NoopPolicy(), bwrap_backend).resolved
+    assert not run_episode(toolz_task, NoopActor(), bwrap_backend).resolved
 
 
 # ---------------------------------------------------------------- bad packages

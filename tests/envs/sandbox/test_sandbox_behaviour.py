@@ -14,6 +14,9 @@ from dagger_jax.envs.sandbox import SandboxError, SandboxFileError, SandboxSpec
 
 from tests.envs.sandbox.conftest import LIMITS, snapshot
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 
 def test_run_reports_exit_code_and_interleaved_output(sandbox):
     result = sandbox.run("echo out; echo err >&2; echo out2; exit 3")

@@ -18,6 +18,9 @@ from dagger_jax.envs.tasks.swebench_source import read_instances, task_from_inst
 from dagger_jax.envs.tasks.task import BadTaskLine, Task
 from tests.envs.sandbox.swebench_instances import harness_instance
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 
 def test_instance_becomes_a_task_with_the_harness_spec(tmp_path, docker_backend):
     instance = harness_instance(tmp_path)

@@ -16,6 +16,9 @@ from dagger_jax.envs.tasks.synthetic import generate_task
 from dagger_jax.envs.tasks.task import Task
 from tests.envs.sandbox.test_swebench_source import harness_instance
 
+# Real sandboxes, servers or whole runs: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -104,11 +107,10 @@ def test_swebench_instances_become_tasks_the_expert_resolves_in_their_images(tmp
     assert bwrap[0]["end_reason"] == "sandbox_error" and "docker backend" in bwrap[0]["error"]
 
 
-def test_expert_repairs_damage_in_an_image_task(tmp_path, docker_backend):
+def test_expert_repairs_damage_in_an_image_task(tmp_path, docker_backend, run_episode):
     """Image tasks have no repo_files: the expert reads the base state from the image's commit."""
     from dagger_jax.envs.tasks.swebench_source import task_from_instance
     from dagger_jax.policies.scripted_expert import ScriptedExpert
-    from dagger_jax.rollout.episode import run_episode
 
     task = task_from_instance(harness_instance(tmp_path))
     target = task.gold_patch.split("+++ b/", 1)[1].split("\n", 1)[0]
