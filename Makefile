@@ -37,11 +37,13 @@ study: setup sandbox-deps
 	  --seeds=$(STUDY_SEEDS) --recipes=sft,dagger --jobs=$(JOBS)
 
 # Two pytest workers, one test file each at a time: while one waits on a sandbox, a server or a
-# child process, the other computes (on 2 cores the suite takes about half as long).
+# child process, the other computes. Files go out in the order tests/conftest.py collects them
+# (the longest first, so neither worker is left alone with one at the end), not by test count.
 PYTEST_WORKERS ?= 2
+XDIST = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup sandbox-deps
-	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The edit-test loop: everything but the tests marked slow (real sandboxes, servers, whole runs).
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)

@@ -4,8 +4,9 @@ from dagger_jax.config_base import base_config, lock
 
 
 def get_config(arg: str | None = None):
-    """No argument: train on the built-in sample conversations. `configs/local.py:<recipe>`
-    (sft, dagger, aggrevate, ...): the outer loop with that recipe on synthetic tasks."""
+    """No argument: SFT on the trajectory shards --config.data.dirs names (the plain job).
+    `configs/local.py:<recipe>` (sft, dagger, aggrevate, ...): the outer loop with that recipe
+    on synthetic tasks."""
     c = base_config()
     c.model.update(dict(
         vocab_size=1024,  # = tokenizer.vocab_size of the embedded default BPE

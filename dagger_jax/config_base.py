@@ -39,10 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
         dir="",            # a HF tokenizer directory; empty: build the embedded default
         vocab_size=1024,   # of the embedded default BPE
     ))
-    c.data = ml_collections.ConfigDict(dict(
-        source="sample",   # the built-in sample conversations (until the DAgger loop feeds data)
-        num_examples=256,
-    ))
+    # The plain job (no recipe): SFT on a fixed set of trajectory shards, e.g. a loop run's
+    # W/data/iter_001 or the teacher's episodes collected once. Comma-separated directories.
+    c.data = ml_collections.ConfigDict(dict(dirs=""))
     c.train = ml_collections.ConfigDict(dict(
         steps=100,
         batch_size=8,        # global, in packed rows, per optimizer step

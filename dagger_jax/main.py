@@ -2,8 +2,8 @@
 
 The one place that wires a run: it reads the config once into settings (settings.py), then
 builds, in order, the workdir and its tokenizer, the trainer, and for the outer loop the task
-sets, the actors, the sandbox backend and the loop itself. Without a recipe the job trains the
-student on the built-in sample conversations.
+sets, the actors, the sandbox backend and the loop itself. Without a recipe the job is SFT on a
+fixed set of trajectory shards (config.data.dirs), read by the loop's own pipeline.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from dagger_jax.agent import ChatTokenizer
-from dagger_jax.data.packing import batch_for_step, pack_examples
-from dagger_jax.tokenizer.sample_corpus import sample_conversations
+from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline
 from dagger_jax.envs.sandbox import make_backend
 from dagger_jax.envs.tasks.sets import TaskSets, load_task_sets
 from dagger_jax.envs.tasks.task import write_tasks
@@ -70,14 +69,12 @@ def prepare_tokenizer(workdir: Path, source_dir: str = "", vocab_size: int = 102
     return target
 
 
-def sample_batches(config: Any, settings: RunSettings, tokenizer) -> Any:
-    if config.data.source != "sample":
-        raise ValueError(f"config.data.source={config.data.source!r}: only 'sample' exists so far")
-    conversations = sample_conversations(config.data.num_examples, seed=config.seed)
-    chat = ChatTokenizer(tokenizer)
-    packed = pack_examples([chat.conversation(c).arrays() for c in conversations],
-                           settings.train.seq_len)
-    return lambda step: batch_for_step(packed, step, settings.train.batch_size, config.seed)
+def fixed_data(settings: RunSettings) -> TrajectoryPipeline:
+    """The plain job's data: every episode of config.data.dirs, cross-entropy on its labels (as
+    the loop's SFT trains), this process's rows of each global batch."""
+    t = settings.train
+    return TrajectoryPipeline(list(settings.data_dirs), seq_len=t.seq_len, batch_size=t.batch_size,
+                              seed=t.seed, weighting="one")
 
 
 def run(config: Any, workdir: str | Path) -> Path | None:
@@ -97,7 +94,7 @@ def run(config: Any, workdir: str | Path) -> Path | None:
                                                           tokenizer_dir)).run()
         print_history(config.loop.recipe, history)
         return layout.export_dir(workdir)
-    state = trainer.fit(sample_batches(config, settings, tokenizer))
+    state = trainer.fit(fixed_data(settings).batch_fn(), local_batches=True)
     if not settings.export.at_end:
         return None
     out = export(state.params, layout.export_dir(workdir))

@@ -53,6 +53,7 @@ class RunSettings:
     tokenizer_dir: str                   # a HF tokenizer directory; "": the embedded default
     tokenizer_vocab_size: int            # of the embedded default BPE
     loop: LoopSettings | None = None     # None: the plain training job
+    data_dirs: tuple[str, ...] = ()      # the plain job's trajectory shards
     tasks: TaskSettings | None = None
     actors: ActorSource | None = None
 
@@ -88,6 +89,11 @@ def read_settings(config: Any) -> RunSettings:
         raise ValueError(f"config.train.round_schedule={config.train.round_schedule!r} restarts the "
                          "rate in every outer-loop round; the plain job has none (set "
                          "config.loop.enabled or use config.train.schedule)")
+    data_dirs = tuple(d.strip() for d in config.data.dirs.split(",") if d.strip())
+    if not config.loop.enabled and not data_dirs:
+        raise ValueError("config.data.dirs is empty: without a recipe the job trains on a fixed set "
+                         "of trajectory shards (comma-separated directories, e.g. a loop run's "
+                         "W/data/iter_001); name a recipe (configs/local.py:dagger) to run the loop")
     model = Qwen3Config.from_dict(config.model.to_dict(), where="config.model")
     d = config.distributed
     return RunSettings(
@@ -95,7 +101,7 @@ def read_settings(config: Any) -> RunSettings:
         export=ExportSettings(**config.export.to_dict()),
         distributed=DistributedSettings(**d.to_dict()),
         tokenizer_dir=config.tokenizer.dir, tokenizer_vocab_size=config.tokenizer.vocab_size,
-        loop=loop, tasks=tasks, actors=actors)
+        loop=loop, tasks=tasks, actors=actors, data_dirs=data_dirs)
 
 
 def recipe_run(config: Any) -> RecipeRun:

@@ -1,4 +1,5 @@
-"""The entry point as a user runs it: a killed run resumes to the same parameters."""
+"""The entry point as a user runs it (the plain job: SFT on fixed trajectory shards): a killed
+run resumes to the same parameters."""
 
 from __future__ import annotations
 
@@ -29,15 +30,15 @@ OVERRIDES = [
     "--config.model.hidden_size=32", "--config.model.intermediate_size=64",
     "--config.model.num_hidden_layers=2", "--config.model.num_attention_heads=2",
     "--config.model.num_key_value_heads=1", "--config.model.head_dim=16",
-    "--config.data.num_examples=24", "--config.train.seq_len=256", "--config.train.batch_size=4",
+    "--config.train.seq_len=512", "--config.train.batch_size=4",
     f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=5",
     "--config.train.keep_checkpoints=2", "--config.progress=False",
 ]
 
 
-def main_command(workdir: Path, *extra: str) -> list[str]:
+def main_command(workdir: Path, data: list[str], *extra: str) -> list[str]:
     return [sys.executable, "-m", "dagger_jax.main", "--config=configs/local.py",
-            f"--workdir={workdir}", *OVERRIDES, *extra]
+            f"--workdir={workdir}", *OVERRIDES, *data, *extra]
 
 
 def env() -> dict:
@@ -55,13 +56,14 @@ def final_params(workdir: Path):
     return step, jax.device_get(params)
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path):
-    straight = subprocess.run(main_command(tmp_path / "straight", "--config.export.at_end=False"),
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, plain_job_data):
+    data = plain_job_data
+    straight = subprocess.run(main_command(tmp_path / "straight", data, "--config.export.at_end=False"),
                               cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen(main_command(killed_dir), cwd=ROOT, env=env(),
+    proc = subprocess.Popen(main_command(killed_dir, data), cwd=ROOT, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed_dir / "checkpoints" / "10").is_dir():
@@ -73,7 +75,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     interrupted_at = Checkpointer(killed_dir / "checkpoints").latest_step()
     assert 10 <= interrupted_at < STEPS, f"kill came too late to test resuming ({interrupted_at})"
 
-    resumed = subprocess.run(main_command(killed_dir), cwd=ROOT, env=env(), capture_output=True,
+    resumed = subprocess.run(main_command(killed_dir, data), cwd=ROOT, env=env(), capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"step {interrupted_at}" in resumed.stderr and "resuming from" in resumed.stderr
@@ -92,20 +94,21 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert any((tmp_path / "straight" / "tensorboard").iterdir())
 
 
-def test_a_misspelt_config_key_is_an_error(tmp_path):
-    result = subprocess.run(main_command(tmp_path / "w", "--config.train.lrr=0.1"), cwd=ROOT,
+def test_a_misspelt_config_key_is_an_error(tmp_path, plain_job_data):
+    result = subprocess.run(main_command(tmp_path / "w", plain_job_data, "--config.train.lrr=0.1"), cwd=ROOT,
                             env=env(), capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "lrr" in result.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
-def test_a_checkpoint_of_another_model_shape_is_refused(tmp_path):
-    first = subprocess.run(main_command(tmp_path / "w", "--config.train.steps=5",
+def test_a_checkpoint_of_another_model_shape_is_refused(tmp_path, plain_job_data):
+    first = subprocess.run(main_command(tmp_path / "w", plain_job_data, "--config.train.steps=1",
                                         "--config.export.at_end=False"),
                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    other = subprocess.run(main_command(tmp_path / "w", "--config.model.intermediate_size=96"),
+    other = subprocess.run(main_command(tmp_path / "w", plain_job_data,
+                                        "--config.model.intermediate_size=96"),
                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert other.returncode != 0
     assert "different model config" in other.stderr

@@ -25,16 +25,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, plain_job_data):
     common = [f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=3"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    single = subprocess.run(main_command(tmp_path / "single", *common), cwd=ROOT, env=env,
+    single = subprocess.run(main_command(tmp_path / "single", plain_job_data, *common), cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
 
     port = free_port()
     procs = [subprocess.Popen(
-        main_command(tmp_path / "multi", *common, "--config.distributed.enabled=True",
+        main_command(tmp_path / "multi", plain_job_data, *common, "--config.distributed.enabled=True",
                      f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                      "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

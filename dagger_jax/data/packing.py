@@ -1,10 +1,9 @@
-"""Packing tokenized examples into fixed-shape rows, and choosing each step's rows."""
+"""Packing tokenized examples into fixed-shape rows."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import grain
 import numpy as np
 
 PACKED_KEYS: tuple[str, ...] = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions",
@@ -91,45 +90,3 @@ def pack_examples(
         packed["segment_ids"][row, start:end] = segments_in_row[row]
         packed["positions"][row, start:end] = np.arange(len(ids), dtype=np.int32)
     return packed
-
-
-def _grain_seed(seed: int) -> int:
-    """Map any int seed to a 32-bit grain shuffle seed.
-
-    grain reshuffles epoch e with seed + e, so raw seeds s and s + 1 would share all
-    but one epoch's order; hashing the seed first keeps nearby seeds unrelated.
-    """
-    return int(np.random.SeedSequence(seed).generate_state(1, dtype=np.uint32)[0])
-
-
-def batch_for_step(
-    packed: Mapping[str, np.ndarray], step: int, batch_size: int, seed: int
-) -> dict[str, np.ndarray]:
-    """Return the batch_size rows that training step `step` uses; a function of (seed, step).
-
-    Rows are read as one endless stream: epoch e is a permutation of all rows seeded
-    by (seed, e), epochs follow one another, and step s takes stream positions
-    [s * batch_size, (s + 1) * batch_size). Every row is seen once per epoch, and a
-    resumed run that asks for the same steps gets the same batches. When the row count
-    is not a multiple of batch_size, a batch can straddle two epochs (and then rarely
-    hold one row twice). The order comes from grain's MapDataset shuffle, so it is
-    stable as long as the grain version is.
-    """
-    if not packed:
-        raise ValueError("packed holds no arrays")
-    num_rows = {key: int(value.shape[0]) for key, value in packed.items()}
-    rows = next(iter(num_rows.values()))
-    if any(n != rows for n in num_rows.values()):
-        raise ValueError(f"packed arrays disagree on the number of rows: {num_rows}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    if rows < batch_size:
-        raise ValueError(
-            f"only {rows} packed rows for batch_size={batch_size}: pack more examples, use a "
-            "shorter seq_len or a smaller batch"
-        )
-    order = grain.MapDataset.range(rows).shuffle(seed=_grain_seed(seed)).repeat().batch(batch_size)
-    indices = np.asarray(order[step], dtype=np.int64)
-    return {key: np.asarray(value)[indices] for key, value in packed.items()}

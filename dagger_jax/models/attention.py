@@ -1,4 +1,5 @@
-"""Causal grouped-query attention over packed sequences: dense, or in causal query blocks.
+"""Causal grouped-query attention over packed sequences: dense, or in causal query blocks; and
+over a KV cache when decoding.
 
 The blocked form walks query blocks and gives block i only the keys up to its own end, so the
 masked upper triangle is never computed (about half the work of the dense form) and each
@@ -45,3 +46,19 @@ def causal_attention(q: Array, k: Array, v: Array, segment_ids: Array, block: in
         outs.append(_attend(q[:, start:end], k[:, :end], v[:, :end], jnp.arange(start, end),
                             segment_ids[:, start:end], segment_ids[:, :end], q.dtype))
     return jnp.concatenate(outs, axis=1).reshape(batch, seq, heads * d)
+
+
+def cached_attention(q: Array, k_cache: Array, v_cache: Array, positions: Array) -> Array:
+    """q [b, t, heads, d] over cache slots k / v [b, slots, kv_heads, d] -> [b, t, heads * d].
+
+    Slot p holds the token at position p of the row, so a query at position `positions[b, t]`
+    sees exactly the slots <= it (a row never sees another row's slots or its own padding)."""
+    b, t, heads, d = q.shape
+    kv = k_cache.shape[2]
+    q = q.reshape(b, t, kv, heads // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_cache,
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    visible = jnp.arange(k_cache.shape[1])[None, None, :] <= positions[:, :, None]
+    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v_cache).reshape(b, t, heads * d)

@@ -4,17 +4,23 @@ Layers are stacked with `nn.scan` (one compiled layer body; every per-layer para
 leading [num_layers] axis), which keeps compile time flat in depth and lets remat wrap the body.
 Sequences may be packed: `segment_ids` (0 = padding) confine attention to one example and
 `positions` restart at 0 in each example.
+
+One forward pass serves training and decoding: given a `KVCache`, each layer writes its keys
+and values to the cache slots of the tokens' positions and attends over the cache instead
+(models/sampling.py decodes with it). The cache rides in the layer scan's carry and each layer
+writes its own slots in place: as scanned inputs and outputs it would be re-stacked whole on
+every decode step, a cost that grows with the cache length (benchmarks/decode.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dagger_jax.models.attention import causal_attention
+from dagger_jax.models.attention import cached_attention, causal_attention
 from dagger_jax.models.config import Qwen3Config
 
 Array = jax.Array
@@ -27,6 +33,14 @@ REMAT_POLICIES = {
 }
 
 _DENSE_INIT = nn.initializers.normal(stddev=0.02)
+
+
+class KVCache(NamedTuple):
+    """Keys and values per layer: [layers, batch, slots, kv_heads, head_dim]; slot p holds the
+    token at position p of its row."""
+
+    k: Array
+    v: Array
 
 
 def _dtype(name: str | Any) -> Any:
@@ -72,7 +86,8 @@ class Attention(nn.Module):
     attention_block: int = 0
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array) -> Array:
+    def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array, positions: Array,
+                 cache: KVCache | None, layer: Array) -> tuple[Array, KVCache | None]:
         cfg = self.config
         d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         dense = lambda features, name: nn.Dense(  # noqa: E731
@@ -86,8 +101,15 @@ class Attention(nn.Module):
         v = dense(hkv * d, "v_proj")(x).reshape(batch, seq, hkv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        out = causal_attention(q, k, v, segment_ids, self.attention_block)
-        return dense(cfg.hidden_size, "o_proj")(out)
+        if cache is None:
+            out = causal_attention(q, k, v, segment_ids, self.attention_block)
+        else:
+            # Positions past the cache (a short row's padding after a cached prefix) write nowhere.
+            rows = jnp.arange(batch)[:, None]
+            cache = KVCache(cache.k.at[layer, rows, positions].set(k.astype(cache.k.dtype), mode="drop"),
+                            cache.v.at[layer, rows, positions].set(v.astype(cache.v.dtype), mode="drop"))
+            out = cached_attention(q, cache.k[layer], cache.v[layer], positions)
+        return dense(cfg.hidden_size, "o_proj")(out), cache
 
 
 class MLP(nn.Module):
@@ -113,18 +135,23 @@ class DecoderLayer(nn.Module):
     attention_block: int = 0
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array) -> tuple[Array, None]:
+    def __call__(self, carry: tuple[Array, KVCache | None], cos: Array, sin: Array,
+                 segment_ids: Array, positions: Array, layer: Array
+                 ) -> tuple[tuple[Array, KVCache | None], None]:
+        x, cache = carry
         eps = self.config.rms_norm_eps
         h = RMSNorm(eps, self.dtype, self.param_dtype, name="input_layernorm")(x)
         attention = Attention(self.config, self.dtype, self.param_dtype, self.attention_block, name="self_attn")
-        x = x + attention(h, cos, sin, segment_ids)
+        out, cache = attention(h, cos, sin, segment_ids, positions, cache, layer)
+        x = x + out
         h = RMSNorm(eps, self.dtype, self.param_dtype, name="post_attention_layernorm")(x)
         x = x + MLP(self.config, self.dtype, self.param_dtype, name="mlp")(h)
-        return x, None
+        return (x, cache), None
 
 
 class Qwen3ForCausalLM(nn.Module):
-    """The student. `__call__` returns logits, or final hidden states for the chunked loss."""
+    """The student. `__call__` returns logits, or final hidden states for the chunked loss; with a
+    `cache`, (that, the cache with these tokens' keys and values written)."""
 
     config: Qwen3Config
     dtype: Any = jnp.float32
@@ -134,7 +161,8 @@ class Qwen3ForCausalLM(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, positions: Array | None = None,
-                 segment_ids: Array | None = None, return_hidden: bool = False) -> Array:
+                 segment_ids: Array | None = None, return_hidden: bool = False,
+                 cache: KVCache | None = None) -> Array | tuple[Array, KVCache]:
         cfg = self.config
         dtype, param_dtype = _dtype(self.dtype), _dtype(self.param_dtype)
         if self.remat not in REMAT_POLICIES:
@@ -152,17 +180,19 @@ class Qwen3ForCausalLM(nn.Module):
         if self.remat != "none":
             layer = nn.remat(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
         stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
                         length=cfg.num_hidden_layers)
-        x, _ = stack(cfg, dtype, param_dtype, self.attention_block, name="layers")(x, cos, sin, segment_ids)
+        layers = jnp.arange(cfg.num_hidden_layers)
+        (x, cache), _ = stack(cfg, dtype, param_dtype, self.attention_block, name="layers")(
+            (x, cache), cos, sin, segment_ids, positions, layers)
         x = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="norm")(x)
 
         if not cfg.tie_word_embeddings:
             self.param("lm_head", _DENSE_INIT, (cfg.hidden_size, cfg.vocab_size), param_dtype)
-        if return_hidden:
-            return x
-        w_out = output_embedding(self.variables["params"], cfg).astype(dtype)
-        return jnp.einsum("bth,hv->btv", x, w_out, preferred_element_type=jnp.float32)
+        if not return_hidden:
+            w_out = output_embedding(self.variables["params"], cfg).astype(dtype)
+            x = jnp.einsum("bth,hv->btv", x, w_out, preferred_element_type=jnp.float32)
+        return x if cache is None else (x, cache)
 
 
 def output_embedding(params: Any, config: Qwen3Config) -> Array:

@@ -1,8 +1,7 @@
 """Batched autoregressive decoding with a KV cache over our Qwen3 params, and scoring.
 
-The decoder here is a functional twin of `qwen3.Qwen3ForCausalLM` (same params tree, same
-RMSNorm / RoPE / grouped-query attention numerics, fp32 compute) that also reads and writes a
-KV cache, which the training module has no reason to carry.
+The decoder is `qwen3.Qwen3ForCausalLM` itself (fp32 compute) with its optional KV cache: the
+model the trainer trains is the model that samples.
 
 Layout. Each row keeps its sequence contiguous in cache slots: slot p holds the token at
 position p. Prompts are right-padded into a [batch, P] prefill; the first generated token of a
@@ -37,7 +36,7 @@ import numpy as np
 
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.prefix_cache import CachedPrefix, PrefixCache
-from dagger_jax.models.qwen3 import Qwen3ForCausalLM, RMSNorm, apply_rope, output_embedding, rope_tables
+from dagger_jax.models.qwen3 import KVCache, Qwen3ForCausalLM, output_embedding
 
 Array = jax.Array
 
@@ -124,67 +123,17 @@ class _State(NamedTuple):
     stopped: Array      # [B] ended by a stop token
 
 
-# --- the model, functionally, with a cache ------------------------------------------------
-
-def _rms(x: Array, scale: Array, eps: float) -> Array:
-    return RMSNorm(eps, x.dtype, scale.dtype).apply({"params": {"scale": scale}}, x)
-
-
-def _dense(x: Array, p: dict) -> Array:
-    y = jnp.dot(x, p["kernel"].astype(jnp.float32))
-    return y + p["bias"].astype(jnp.float32) if "bias" in p else y
-
-
-def _attend(q: Array, k: Array, v: Array, positions: Array) -> Array:
-    """q [B, T, heads, d] over cache k / v [B, S, kv, d]; a query sees slots <= its position."""
-    b, t, heads, d = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, heads // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
-    visible = jnp.arange(k.shape[1])[None, None, :] <= positions[:, :, None]
-    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads * d)
-
+# --- the model with a cache -------------------------------------------------------------------
 
 def _forward(params: Any, config: Qwen3Config, tokens: Array, positions: Array,
              k_cache: Array, v_cache: Array) -> tuple[Array, Array, Array]:
-    """Runs tokens [B, T] at positions [B, T], writing their K/V to those cache slots.
-
-    Returns the final-norm hidden states [B, T, hidden] and the updated caches.
-    """
-    cfg = config
-    b, t = tokens.shape
-    hq, hkv, d, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
-    rows = jnp.arange(b)[:, None]
-    x = jnp.take(params["embed_tokens"], tokens, axis=0).astype(jnp.float32)
-    cos, sin = rope_tables(positions, d, cfg.rope_theta)
-
-    # The caches ride in the scan's carry and each layer writes its slots in place: as scanned
-    # inputs / outputs they would be re-stacked whole on every decode step, a cost that grows
-    # with the cache length (benchmarks/decode.py).
-    def layer(carry, scanned):
-        x, kc, vc = carry
-        lp, i = scanned
-        attn = lp["self_attn"]
-        h = _rms(x, lp["input_layernorm"]["scale"], eps)
-        q = _rms(_dense(h, attn["q_proj"]).reshape(b, t, hq, d), attn["q_norm"]["scale"], eps)
-        k = _rms(_dense(h, attn["k_proj"]).reshape(b, t, hkv, d), attn["k_norm"]["scale"], eps)
-        v = _dense(h, attn["v_proj"]).reshape(b, t, hkv, d)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # Positions past the cache (a short row's padding after a cached prefix) write nowhere.
-        kc = kc.at[i, rows, positions].set(k.astype(kc.dtype), mode="drop")
-        vc = vc.at[i, rows, positions].set(v.astype(vc.dtype), mode="drop")
-        x = x + _dense(_attend(q, kc[i], vc[i], positions), attn["o_proj"])
-        h = _rms(x, lp["post_attention_layernorm"]["scale"], eps)
-        mlp = lp["mlp"]
-        x = x + _dense(jax.nn.silu(_dense(h, mlp["gate_proj"])) * _dense(h, mlp["up_proj"]),
-                       mlp["down_proj"])
-        return (x, kc, vc), None
-
-    (x, k_cache, v_cache), _ = jax.lax.scan(layer, (x, k_cache, v_cache),
-                                            (params["layers"], jnp.arange(cfg.num_hidden_layers)))
-    return _rms(x, params["norm"]["scale"], eps), k_cache, v_cache
+    """Runs tokens [B, T] at positions [B, T] through the model (qwen3.py, fp32), writing their
+    K/V to those cache slots. Returns the final-norm hidden states [B, T, hidden] and the
+    updated caches."""
+    hidden, cache = Qwen3ForCausalLM(config).apply(
+        {"params": params}, tokens, positions=positions, return_hidden=True,
+        cache=KVCache(k_cache, v_cache))
+    return hidden, cache.k, cache.v
 
 
 def _unembed(params: Any, config: Qwen3Config, hidden: Array) -> Array:

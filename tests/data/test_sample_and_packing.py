@@ -14,7 +14,7 @@ import transformers
 
 from dagger_jax.tokenizer import sample_corpus
 from dagger_jax.agent import ChatTokenizer
-from dagger_jax.data.packing import batch_for_step, pack_examples
+from dagger_jax.data.packing import pack_examples
 from dagger_jax.tokenizer.sample_corpus import sample_conversations, sample_texts
 from dagger_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
 
@@ -195,51 +195,3 @@ def test_packing_encoded_chats_trains_on_assistant_tokens(tok: Tok) -> None:
     assert (targets == tok.convert_tokens_to_ids("<|im_end|>")).sum() == sum(
         sum(m["role"] == "assistant" for m in c) for c in sample_conversations(8, seed=9)
     )
-
-
-# ---------------------------------------------------------------- batches
-
-
-def _rows(num_rows: int) -> dict[str, np.ndarray]:
-    """A packed-like dict whose row r holds r everywhere, to read row order back."""
-    ids = np.repeat(np.arange(num_rows, dtype=np.int32)[:, None], 4, axis=1)
-    return {"input_ids": ids, "loss_mask": ids.astype(np.float32)}
-
-
-def _order(packed: dict, steps: range, batch_size: int, seed: int) -> list[int]:
-    batches = [batch_for_step(packed, s, batch_size, seed)["input_ids"][:, 0] for s in steps]
-    return [int(row) for batch in batches for row in batch]
-
-
-def test_batches_are_epochwise_permutations() -> None:
-    packed = _rows(12)
-    batch = batch_for_step(packed, 0, 4, seed=1)
-    assert batch["input_ids"].shape == (4, 4) and batch["loss_mask"].dtype == np.float32
-    np.testing.assert_array_equal(batch["loss_mask"][:, 0], batch["input_ids"][:, 0])
-    epoch0, epoch1 = _order(packed, range(0, 3), 4, 1), _order(packed, range(3, 6), 4, 1)
-    assert sorted(epoch0) == sorted(epoch1) == list(range(12))
-    assert epoch0 != epoch1 and epoch0 != list(range(12))
-    # 10 rows, batches of 4: batches straddle epochs but each epoch is a permutation.
-    stream = _order(_rows(10), range(5), 4, seed=1)
-    assert sorted(stream[:10]) == sorted(stream[10:]) == list(range(10))
-
-
-def test_batches_are_reproducible_and_seeded() -> None:
-    packed = _rows(16)
-    first = _order(packed, range(8), 4, seed=5)
-    # A resumed run asking for steps 5.. gets what the original run saw there.
-    assert _order(packed, range(5, 8), 4, seed=5) == first[20:]
-    assert _order(packed, range(8), 4, seed=6) != first
-    # Neighbouring seeds do not share shifted epochs (grain reseeds epoch e with seed + e).
-    assert _order(packed, range(4, 8), 4, seed=5) != _order(packed, range(0, 4), 4, seed=6)
-
-
-def test_batch_errors_name_the_numbers() -> None:
-    with pytest.raises(ValueError, match="only 3 packed rows for batch_size=4"):
-        batch_for_step(_rows(3), 0, 4, seed=0)
-    with pytest.raises(ValueError, match="disagree"):
-        batch_for_step({"a": np.zeros((4, 2)), "b": np.zeros((5, 2))}, 0, 2, seed=0)
-    with pytest.raises(ValueError, match="step"):
-        batch_for_step(_rows(4), -1, 2, seed=0)
-    with pytest.raises(ValueError, match="batch_size"):
-        batch_for_step(_rows(4), 0, 0, seed=0)
