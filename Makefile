@@ -37,10 +37,10 @@ study: setup sandbox-deps
 	  --seeds=$(STUDY_SEEDS) --recipes=sft,dagger --jobs=$(JOBS)
 
 # Two pytest workers, one test file each at a time: while one waits on a sandbox, a server or a
-# child process, the other computes. Files go out in the order tests/conftest.py collects them
-# (the longest first, so neither worker is left alone with one at the end), not by test count.
+# child process, the other computes (files with many tests go out first: xdist's order, which
+# measured faster here than sending the longest files first, 769 s against 824 s).
 PYTEST_WORKERS ?= 2
-XDIST = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+XDIST = -n $(PYTEST_WORKERS) --dist loadfile
 test: setup sandbox-deps
 	$(VENV)/bin/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 

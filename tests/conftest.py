@@ -94,25 +94,3 @@ def plain_job_data(tmp_path_factory, chat, chat_dir) -> list[str]:
         for record in episode_batch(chat, 24, iteration=1):
             writer.write(record)
     return [f"--config.data.dirs={directory}", f"--config.tokenizer.dir={chat_dir}"]
-
-
-# The longest files (over a minute each on 2 cores), longest first: started first, they do not
-# leave one worker running alone at the end. A file missing here only runs later.
-LONGEST_FILES = ("tests/recipes/test_loop_resume.py", "tests/rollout/test_end_to_end.py",
-                 "tests/test_main.py", "tests/recipes/test_on_policy_loop.py",
-                 "tests/test_multihost.py", "tests/train/test_round_schedule.py",
-                 "tests/envs/sandbox/test_expert_episodes.py", "tests/recipes/test_loop_service.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    """The longest files first, then the other files with slow tests, then the rest: the pytest
-    workers (make test, one file at a time) take the long end-to-end files while the many short
-    ones are left to even out the finish. The order within each file is kept."""
-    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-
-    def rank(item) -> tuple[int, int]:
-        path = item.nodeid.split("::")[0]
-        if path in LONGEST_FILES:
-            return 0, LONGEST_FILES.index(path)
-        return (1 if path in slow else 2), 0
-    items.sort(key=rank)
