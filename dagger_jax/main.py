@@ -39,7 +39,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of this run (checkpoi
 flags.mark_flags_as_required(["config", "workdir"])
 
 def initialize_distributed(config: Any) -> None:
-    d = read_settings(config).distributed
+    """jax.distributed.initialize() when config.distributed asks for it (before any device use;
+    the rest of the config is read, and checked, by run())."""
+    d = config.distributed
     if not d.enabled:
         return
     kwargs = {}

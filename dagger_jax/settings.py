@@ -153,7 +153,7 @@ def loop_settings(config: Any, run: RecipeRun) -> LoopSettings:
         # summaries); OPD's scored turns and GRPO's unlabelled ones never reach it.
         raise ValueError(
             f"config.loop.label_budget(s) > 0 but recipe {recipe.name!r} gets "
-            f"{'log-probs' if recipe.label == 'logprobs' else 'no labels'} from the teacher, not "
+            f"{recipe.teacher_gives} from the teacher, not "
             "action labels, and the budget counts action labels only: set "
             "config.loop.label_budget=0 (and label_budgets='') and bound collection with "
             "config.loop.tasks_per_iteration")

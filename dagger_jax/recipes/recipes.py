@@ -33,6 +33,11 @@ class Recipe:
             if getattr(self, field) not in allowed:
                 raise ValueError(f"recipe {self.name}: {field} {getattr(self, field)!r} not in {allowed}")
 
+    @property
+    def teacher_gives(self) -> str:
+        """What the teacher gives this recipe, as error messages name it."""
+        return {"action": "action labels", "logprobs": "log-probs", "none": "no labels"}[self.label]
+
     def check_teacher(self, teacher: str, endpoints: str = "") -> None:
         """Refuse, at config time, a teacher that cannot give what this recipe asks of it."""
         if self.label != "logprobs":
@@ -69,8 +74,9 @@ class RecipeRun:
         if self.takeover_unparseable and self.recipe.label != "action":
             raise ValueError(
                 f"config.loop.takeover_unparseable=True but recipe {self.recipe.name!r} gets "
-                f"{_gets(self.recipe)} from the teacher: a takeover executes the teacher's action "
-                "label, which only the action-label recipes (sft, rs_sft, dagger, aggrevate) ask for")
+                f"{self.recipe.teacher_gives} from the teacher: a takeover executes the teacher's "
+                "action label, which only the action-label recipes (sft, rs_sft, dagger, aggrevate) "
+                "ask for")
         if self.prefix_start < 0 or self.prefix_step < 0:
             raise ValueError(f"config.loop.prefix_start={self.prefix_start} and prefix_step="
                              f"{self.prefix_step} must be >= 0")
@@ -92,10 +98,6 @@ class RecipeRun:
         """Whether the student executes any turn of iteration `iteration`'s episodes."""
         rule = self.rollout_rule(iteration)
         return rule.beta < 1.0 or rule.student_prefix is not None
-
-
-def _gets(recipe: Recipe) -> str:
-    return "log-probs" if recipe.label == "logprobs" else "no labels"
 
 
 RECIPES = {r.name: r for r in (
