@@ -4,6 +4,7 @@ run resumes to the same parameters."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,11 +57,18 @@ def final_params(workdir: Path):
     return step, jax.device_get(params)
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path, plain_job_data):
-    data = plain_job_data
-    straight = subprocess.run(main_command(tmp_path / "straight", data, "--config.export.at_end=False"),
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, plain_job_data) -> Path:
+    """One uninterrupted run, shared by the tests that need a finished workdir."""
+    workdir = tmp_path_factory.mktemp("straight") / "workdir"
+    straight = subprocess.run(main_command(workdir, plain_job_data, "--config.export.at_end=False"),
                               cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
+    return workdir
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, plain_job_data, straight_run):
+    data = plain_job_data
 
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen(main_command(killed_dir, data), cwd=ROOT, env=env(),
@@ -80,7 +88,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, plain_job_data):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"step {interrupted_at}" in resumed.stderr and "resuming from" in resumed.stderr
 
-    (step_a, params_a), (step_b, params_b) = final_params(tmp_path / "straight"), final_params(killed_dir)
+    (step_a, params_a), (step_b, params_b) = final_params(straight_run), final_params(killed_dir)
     assert step_a == step_b == STEPS
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                            params_a, params_b)
@@ -90,8 +98,8 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, plain_job_data):
     model = transformers.AutoModelForCausalLM.from_pretrained(killed_dir / "export")
     tokenizer = transformers.AutoTokenizer.from_pretrained(killed_dir / "export")
     assert model.config.hidden_size == 32 and tokenizer.chat_template
-    assert (tmp_path / "straight" / "tensorboard").is_dir()
-    assert any((tmp_path / "straight" / "tensorboard").iterdir())
+    assert (straight_run / "tensorboard").is_dir()
+    assert any((straight_run / "tensorboard").iterdir())
 
 
 def test_a_misspelt_config_key_is_an_error(tmp_path, plain_job_data):
@@ -102,11 +110,9 @@ def test_a_misspelt_config_key_is_an_error(tmp_path, plain_job_data):
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
-def test_a_checkpoint_of_another_model_shape_is_refused(tmp_path, plain_job_data):
-    first = subprocess.run(main_command(tmp_path / "w", plain_job_data, "--config.train.steps=1",
-                                        "--config.export.at_end=False"),
-                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_a_checkpoint_of_another_model_shape_is_refused(tmp_path, plain_job_data, straight_run):
+    # A copy: the refused run must not be able to touch the workdir the other test compares.
+    shutil.copytree(straight_run, tmp_path / "w")
     other = subprocess.run(main_command(tmp_path / "w", plain_job_data,
                                         "--config.model.intermediate_size=96"),
                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)

@@ -45,7 +45,7 @@ def test_image_name_follows_docker_rules_and_the_content():
 def test_synthetic_tasks_get_images_that_docker_episodes_start_from(tmp_path, docker_backend,
                                                                     bwrap_backend):
     out = tmp_path / "tasks.jsonl"
-    made = tool("make_tasks.py", "--source", "synthetic", "--n", "3", "--seed", "11",
+    made = tool("make_tasks.py", "--source", "synthetic", "--n", "2", "--seed", "11",
                 "--sandbox", "docker", "--out", str(out))
     assert made.returncode == 0, made.stderr
     tasks = [Task.from_json(json.loads(line)) for line in out.read_text().splitlines()]
@@ -65,7 +65,7 @@ def test_synthetic_tasks_get_images_that_docker_episodes_start_from(tmp_path, do
         ran = tool("run_episode.py", "--tasks", str(out), "--policy", policy, "--sandbox", sandbox)
         assert ran.returncode == 0, ran.stderr
         lines = json_lines(ran.stdout)
-        assert lines[-1]["resolve_rate"] == rate and lines[-1]["episodes"] == 3, ran.stdout
+        assert lines[-1]["resolve_rate"] == rate and lines[-1]["episodes"] == 2, ran.stdout
         assert all(line["end_reason"] == "finish" for line in lines[:-1])
 
 
