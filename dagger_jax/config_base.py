@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.param_dtype = "float32"  # master weights
     c.remat = "none"           # none | full | dots | dots_no_batch
     c.attention_block = 0      # queries per causal attention block; 0 = dense scores
+    # The devices a run needs: "" any; "tpu" (the pod configs): the trainer refuses other
+    # devices instead of training a pod config on the CPU JAX of a host without the tpu extra.
+    c.platform = ""
 
     c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))  # (data, fsdp, tensor)
     c.partition_rules = QWEN3_RULES
@@ -163,6 +166,7 @@ def paper_pod_config(model_fields: dict) -> ml_collections.ConfigDict:
     c = base_config()
     c.model.update(model_fields)
     c.distributed.enabled = True
+    c.platform = "tpu"
     c.dtype = "bfloat16"
     c.param_dtype = "float32"
     c.remat = "full"

@@ -1,5 +1,5 @@
-"""The names that cross layers, defined once: what a teacher gives for a state (label) and how a
-trained token is weighted (weight). A recipe names one of each (recipes/recipes.py); the rollout
+"""The names that cross layers, defined once: what a teacher gives for a state (label), how a
+trained token is weighted (weight) and the arrays of a training batch. A recipe names one of each (recipes/recipes.py); the rollout
 rule asks the teacher for the label (rollout/mixing.py), the examples weight their targets
 (data/examples.py) and the train step picks its objective (train/loss.py) by the weight.
 
@@ -16,6 +16,13 @@ LABELS = ("action", "logprobs", "none")
 # one: cross-entropy on the teacher's label; reverse_kl: the teacher-minus-sampler log-ratio on
 # the student's own tokens; group_advantage: GRPO's clipped ratio times the episode's advantage.
 WEIGHTS = ("one", "reverse_kl", "group_advantage")
+
+
+# The arrays of a packed training batch, each [rows, seq_len] (data/packing.py writes them, the
+# train step reads those its objective needs); the float ones are float32, the rest int32.
+PACKED_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions",
+               "loss_weights", "old_logprobs")
+FLOAT_KEYS = ("loss_mask", "loss_weights", "old_logprobs")
 
 
 def check_weight(weight: str, where: str) -> str:

@@ -72,15 +72,9 @@ class RunSettings:
 def read_settings(config: Any) -> RunSettings:
     """The settings of a run; a ValueError names the config key and what is wrong with it."""
     loop = tasks = actors = None
-    objective = config.train.objective or "one"
     if config.loop.enabled:
         run = recipe_run(config)
         run.recipe.check_teacher(config.loop.teacher, config.loop.teacher_endpoints)
-        if config.train.objective not in ("", run.recipe.weight):
-            raise ValueError(f"config.train.objective={config.train.objective!r} contradicts "
-                             f"recipe {run.recipe.name!r}, which trains with weight "
-                             f"{run.recipe.weight!r}: leave it empty")
-        objective = run.recipe.weight
         loop = loop_settings(config, run)
         tasks = task_settings(config.tasks)
         actors = actor_source(config.loop, run.recipe)
@@ -94,14 +88,30 @@ def read_settings(config: Any) -> RunSettings:
         raise ValueError("config.data.dirs is empty: without a recipe the job trains on a fixed set "
                          "of trajectory shards (comma-separated directories, e.g. a loop run's "
                          "W/data/iter_001); name a recipe (configs/local.py:dagger) to run the loop")
-    model = Qwen3Config.from_dict(config.model.to_dict(), where="config.model")
+    model, train = model_and_train_settings(config)
     d = config.distributed
     return RunSettings(
-        model=model, train=TrainSettings.from_config(config, objective=objective),
+        model=model, train=train,
         export=ExportSettings(**config.export.to_dict()),
         distributed=DistributedSettings(**d.to_dict()),
         tokenizer_dir=config.tokenizer.dir, tokenizer_vocab_size=config.tokenizer.vocab_size,
         loop=loop, tasks=tasks, actors=actors, data_dirs=data_dirs)
+
+
+def model_and_train_settings(config: Any) -> tuple[Qwen3Config, TrainSettings]:
+    """The model and what the trainer is told, the objective being the recipe's weight (a loop
+    config) or the plain job's. Needs no endpoint or task: tools/compile_tpu.py compiles the
+    step of a config whose fleet is not up."""
+    objective = config.train.objective or "one"
+    if config.loop.enabled:
+        recipe = get_recipe(config.loop.recipe)
+        if config.train.objective not in ("", recipe.weight):
+            raise ValueError(f"config.train.objective={config.train.objective!r} contradicts "
+                             f"recipe {recipe.name!r}, which trains with weight "
+                             f"{recipe.weight!r}: leave it empty")
+        objective = recipe.weight
+    model = Qwen3Config.from_dict(config.model.to_dict(), where="config.model")
+    return model, TrainSettings.from_config(config, objective=objective)
 
 
 def recipe_run(config: Any) -> RecipeRun:

@@ -32,7 +32,8 @@ Runs 'python -m dagger_jax.main --config=FILE --workdir=W TRAINER_ARGS' on all w
   --sync            copy this repo's files (git-tracked plus untracked, not ignored) to all
                     workers, then create DIR/.venv and 'pip install -e .' there; the install
                     is skipped when the venv was already set up for the same pyproject.toml
-  --extras LIST     with --sync: install '.[LIST]' instead of '.', e.g. --extras tpu
+  --extras LIST     with --sync: install '.[LIST]' (default: tpu, JAX with libtpu; '' for
+                    plain '.', which is CPU JAX: the trainer then refuses a pod config)
   --python PY       with --sync: interpreter that creates the venv (default: python3)
   --dry-run         print the gcloud commands (shell-quoted) and run nothing
   -h, --help        this message
@@ -72,7 +73,7 @@ display_words() {
 }
 
 tpu="" zone="" project="" config="configs/qwen3_8b.py" workdir="" repo_dir="dagger_jax"
-extras="" python_bin="python3" sync=0 dry_run=0
+extras="tpu" python_bin="python3" sync=0 dry_run=0
 trainer_args=()
 
 # Value of a flag given as `--flag VALUE` or `--flag=VALUE`; sets `shift_by` for the caller.

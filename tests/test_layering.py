@@ -13,8 +13,9 @@ PACKAGE = ROOT / "dagger_jax"
 # Which of our layers each layer may import besides itself: DESIGN.md's "depends on" column.
 # Departures, where the code has the better reason: policies load the tokenizer stored beside a
 # model export (policies -> tokenizer, as serving already may); the loop names its workdir's
-# paths (recipes -> storage); `names` is a leaf every layer may import (the label and weight
-# names that recipes, rollout, data and train share).
+# paths (recipes -> storage); `names` is a leaf every layer may import (the label, weight and
+# batch names that recipes, rollout, data and train share), and so is `accelerators` (the
+# package's __init__ runs it before any layer starts JAX).
 ALLOWED = {
     "storage": set(),
     "models": set(),
@@ -30,7 +31,7 @@ ALLOWED = {
     # Reports read what a run wrote (state.json histories, curves); no layer imports them.
     "reports": {"storage"},
 }
-LEAVES = {"names"}
+LEAVES = {"names", "accelerators"}
 # The entry point: the one place that wires a config into the layers (DESIGN.md). It may import
 # every layer; only it imports recipes.
 ENTRY = {"main", "settings"}

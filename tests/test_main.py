@@ -20,6 +20,7 @@ from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import params_shape
 from dagger_jax.models.sharding import abstract_sharded_params, make_mesh
 from dagger_jax.train.checkpoint import Checkpointer
+from tests.conftest import SUBPROCESS_XLA_FLAGS
 
 # Real sandboxes, servers or whole runs: left out of make test-fast.
 pytestmark = pytest.mark.slow
@@ -44,9 +45,7 @@ def main_command(workdir: Path, data: list[str], *extra: str) -> list[str]:
 
 def env() -> dict:
     # One device per process, like the demo; tests/conftest.py's 8 devices are for in-process tests.
-    e = dict(os.environ)
-    e.pop("XLA_FLAGS", None)
-    return e
+    return {**os.environ, "XLA_FLAGS": SUBPROCESS_XLA_FLAGS}
 
 
 def final_params(workdir: Path):

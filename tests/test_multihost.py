@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.conftest import SUBPROCESS_XLA_FLAGS
 from tests.test_main import ROOT, final_params, main_command
 
 # Real sandboxes, servers or whole runs: left out of make test-fast.
@@ -27,7 +28,8 @@ def free_port() -> int:
 
 def test_two_processes_match_one(tmp_path, plain_job_data):
     common = [f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=3"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ,
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {SUBPROCESS_XLA_FLAGS}"}
     single = subprocess.run(main_command(tmp_path / "single", plain_job_data, *common), cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]

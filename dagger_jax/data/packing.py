@@ -6,10 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PACKED_KEYS: tuple[str, ...] = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions",
-                                "loss_weights", "old_logprobs")
-# The per-token float arrays; the rest are int32.
-FLOAT_KEYS: tuple[str, ...] = ("loss_mask", "loss_weights", "old_logprobs")
+from dagger_jax.names import FLOAT_KEYS, PACKED_KEYS
 
 
 def pack_examples(

@@ -54,10 +54,10 @@ import numpy as np
 
 from dagger_jax.data.examples import (ExampleStats, build_example, plan_examples,
                                       target_of)
-from dagger_jax.data.packing import FLOAT_KEYS, PACKED_KEYS, pack_examples
+from dagger_jax.data.packing import pack_examples
 from dagger_jax.data.records import EpisodeRecord, RecordError
 from dagger_jax.data.shards import EpisodeSource
-from dagger_jax.names import check_weight
+from dagger_jax.names import FLOAT_KEYS, PACKED_KEYS, check_weight
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,7 @@ class TrainSettings:
     param_dtype: str = "float32"
     remat: str = "none"
     attention_block: int = 0
+    platform: str = ""             # the devices required ("" any, "tpu")
     mesh_shape: tuple[int, ...] = (1, -1, 1)
     partition_rules: tuple[tuple[str, Any], ...] = ()
     progress: bool = True
@@ -67,6 +68,8 @@ class TrainSettings:
         need(self.round_schedule in ROUND_SCHEDULES, "round_schedule",
              f"choose from {ROUND_SCHEDULES} ('': off)")
         check_weight(self.objective, "config.train.objective")
+        if self.platform not in ("", "cpu", "gpu", "tpu"):
+            raise ValueError(f"config.platform={self.platform!r}: choose from '', cpu, gpu, tpu")
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in DTYPES:
                 raise ValueError(f"config.{key}={getattr(self, key)!r}: choose from {DTYPES}")
@@ -79,6 +82,7 @@ class TrainSettings:
                  if f.name in config.train}
         train.update(seed=config.seed, dtype=config.dtype, param_dtype=config.param_dtype,
                      remat=config.remat, attention_block=config.attention_block,
+                     platform=config.platform,
                      mesh_shape=tuple(config.mesh.shape),
                      partition_rules=tuple(tuple(rule) for rule in config.partition_rules),
                      progress=config.progress)

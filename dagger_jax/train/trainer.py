@@ -14,21 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dagger_jax.storage import layout
 from dagger_jax.models.config import Qwen3Config
-from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, params_shape
-from dagger_jax.models.sharding import batch_sharding, make_mesh
+from dagger_jax.models.qwen3 import init_params
+from dagger_jax.models.sharding import batch_sharding
 from dagger_jax.train.checkpoint import Checkpointer
 from dagger_jax.train.metrics import MetricWriter
-from dagger_jax.train.optimizer import held_rate_sharding, holds_learning_rate, make_optimizer, with_learning_rate
+from dagger_jax.train.optimizer import held_rate_sharding, holds_learning_rate, with_learning_rate
 from dagger_jax.train.settings import TrainSettings
-from dagger_jax.train.train_step import (BATCH_KEYS, TrainState, batch_keys, jit_init_state,
-                                         jit_train_step, make_train_step, state_shardings)
+from dagger_jax.train.step_program import build_step_program, with_shardings
+from dagger_jax.train.train_step import BATCH_KEYS, TrainState
 
 BatchFn = Callable[[int], dict[str, np.ndarray]]
-
-
-def _with_shardings(abstract: Any, shardings: Any) -> Any:
-    return jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def global_batch(mesh, batch: dict[str, np.ndarray], local: bool = False,
@@ -65,23 +60,14 @@ class Trainer:
         self.settings = s = settings
         self.workdir = Path(workdir)
         self.model_config = model_config
-        self.mesh = make_mesh(s.mesh_shape)
-        self.model = Qwen3ForCausalLM(model_config, dtype=s.dtype, param_dtype=s.param_dtype,
-                                      remat=s.remat, attention_block=s.attention_block)
-        self.optimizer, self.schedule = make_optimizer(s)
-        abstract_params = params_shape(model_config, jnp.dtype(s.param_dtype))
-        self.abstract_state = jax.eval_shape(
-            lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.optimizer.init(p)), abstract_params)
-        self.shardings = state_shardings(self.mesh, s.partition_rules, self.abstract_state)
+        program = build_step_program(s, model_config)
+        self.mesh, self.model = program.mesh, program.model
+        self.abstract_state, self.shardings = program.abstract_state, program.shardings
         self.checkpointer = Checkpointer(layout.checkpoints_dir(self.workdir), s.keep_checkpoints)
         self.objective = s.objective
-        self.batch_keys = batch_keys(self.objective)
-        step = make_train_step(self.model, self.optimizer, self.schedule, s.grad_accum,
-                               s.loss_chunk, objective=self.objective, clip_eps=s.clip_eps,
-                               vocab_limit=s.vocab_limit, loss_tokens=s.loss_tokens)
-        self._step = jit_train_step(step, self.mesh, self.shardings, self.batch_keys)
+        self.batch_keys = program.batch_keys
+        self._step, self._init_state = program.step, program.init_state
         self.last_metrics: dict[str, float] = {}  # the last logged step's, for callers to report
-        self._init_state = jit_init_state(self.optimizer, self.shardings)
 
     def initial_state(self) -> TrainState:
         """The latest checkpoint if there is one (resume), else fresh random params."""
@@ -93,7 +79,7 @@ class Trainer:
                                                    jnp.dtype(self.settings.param_dtype)),
                            out_shardings=self.shardings.params)
             return self._init_state(init(jax.random.key(self.settings.seed)))
-        target = _with_shardings(self.abstract_state, self.shardings)
+        target = with_shardings(self.abstract_state, self.shardings)
         step, params, opt_state = self.checkpointer.restore(
             latest, self.model_config, target.params, target.opt_state)
         logging.info("resuming from %s step %d%s", self.checkpointer.directory, step,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dagger_jax.data.examples import examples_from_records
-from dagger_jax.data.packing import PACKED_KEYS
+from dagger_jax.names import PACKED_KEYS
 from dagger_jax.data.shards import EpisodeSource, ShardError, ShardWriter, iter_records
 from dagger_jax.storage.layout import all_iteration_dirs, iteration_dir
 from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline, pack_rows

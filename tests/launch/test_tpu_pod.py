@@ -174,7 +174,8 @@ def test_project_flag_appears_only_when_given() -> None:
 
 
 def test_sync_copies_then_sets_up_then_trains() -> None:
-    result = run_script(*BASE, "--sync", "--extras", "tpu", "--repo-dir", "code/dj", "--dry-run")
+    # The tpu extra by default: JAX with libtpu on the workers.
+    result = run_script(*BASE, "--sync", "--repo-dir", "code/dj", "--dry-run")
     assert result.returncode == 0, result.stderr
     scp, setup, train = (shlex.split(line) for line in gcloud_lines(result.stdout))
     assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]

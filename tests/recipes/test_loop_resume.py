@@ -46,6 +46,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from dagger_jax.data.shards import EpisodeSource, labelled_turns, read_manifest
+from tests.conftest import SUBPROCESS_XLA_FLAGS
 
 # Real sandboxes, servers or whole runs: left out of make test-fast.
 pytestmark = pytest.mark.slow
@@ -113,8 +114,7 @@ def command(workdir: Path) -> list[str]:
 
 def environment(tmp: Path) -> dict[str, str]:
     # One device per process, as the demo runs (tests/conftest.py's 8 are for in-process tests).
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
+    env = {**os.environ, "XLA_FLAGS": SUBPROCESS_XLA_FLAGS}
     env["JAX_PLATFORMS"] = "cpu"
     # A killed episode leaves its temp directory (the task's files) behind: here, not in /tmp.
     (tmp / "tmp").mkdir(parents=True, exist_ok=True)

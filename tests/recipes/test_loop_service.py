@@ -43,6 +43,7 @@ from dagger_jax.policies.actors import ExpertActor, TokenActor
 from dagger_jax.recipes.recipes import get_recipe
 from dagger_jax.settings import actor_source, read_settings, teacher_spec
 from dagger_jax.rollout.actor_specs import build_actor
+from tests.conftest import SUBPROCESS_XLA_FLAGS
 from tests.rollout.test_service import free_port, start_service
 
 # Real sandboxes, servers or whole runs: left out of make test-fast.
@@ -74,8 +75,8 @@ TIMEOUT_S = 300
 
 
 def environment(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # one CPU device per process (conftest's 8 are for this one)
+    # One CPU device per process (conftest's 8 are for this one).
+    env = {**os.environ, "XLA_FLAGS": SUBPROCESS_XLA_FLAGS}
     env["JAX_PLATFORMS"] = "cpu"
     (tmp / "tmp").mkdir(parents=True, exist_ok=True)
     env["TMPDIR"] = str(tmp / "tmp")

@@ -1,0 +1,115 @@
+"""The train step compiled ahead of time for TPU slices by libtpu's compiler, on this CPU host:
+tools/compile_tpu.py on a tiny config, the layouts it refuses before compiling, the pod
+config's refusal of CPU devices, and libtpu staying quiet on CPU runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from dagger_jax.models.config import Qwen3Config
+from dagger_jax.train.settings import TrainSettings
+from dagger_jax.train.step_program import build_step_program
+from dagger_jax.train.tpu_compile import (model_flops_per_step, parse_topology, resolve_mesh,
+                                          tpu_slice)
+
+ROOT = Path(__file__).resolve().parents[2]
+# configs/local.py at two layers of width 32, dense attention, 4 rows of 256 tokens.
+TINY = ["--config.model.hidden_size=32", "--config.model.intermediate_size=64",
+        "--config.model.num_hidden_layers=2", "--config.model.num_attention_heads=2",
+        "--config.model.num_key_value_heads=1", "--config.model.head_dim=16",
+        "--config.attention_block=0", "--config.train.seq_len=256",
+        "--config.train.batch_size=4", "--config.train.loss_chunk=128"]
+EIGHT_B = Qwen3Config(vocab_size=151_936, hidden_size=4096, intermediate_size=12_288,
+                      num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                      head_dim=128, tie_word_embeddings=False)
+
+
+def compile_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "tools/compile_tpu.py", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_tiny_config_compiles_for_v5e_2x2_and_reports_what_it_needs(tmp_path):
+    out = tmp_path / "report.json"
+    result = compile_tool("--config", "configs/local.py:dagger", "--topology", "v5e:2x2",
+                          "--out", str(out), *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert (report["generation"], report["chips"], report["devices"], report["hosts"]) == \
+        ("v5e", 4, 4, 1)
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert report["batch"] == {"rows": 4, "seq_len": 256, "grad_accum": 1}
+    assert report["fits"] and report["hbm_bytes_per_device"] == 16 * 1024**3
+    memory = report["per_device_bytes"]
+    # The train state is donated: what it occupies as an argument is reused by the output.
+    assert memory["arguments"] > 0 and memory["aliased"] > 0 and memory["temporaries"] > 0
+    assert memory["total"] < report["hbm_bytes_per_device"]
+    # XLA's FLOP count of the compiled program is of the order of the analytic model FLOPs.
+    assert 0.2 < report["model_over_compiled_flops"] < 2.0
+    assert report["roofline_tokens_per_s"] > 0 and report["attention"] == "xla_dense"
+    assert "fits" in result.stdout and "roofline" in result.stdout
+    # libtpu was told it describes a slice on a host without TPUs: none of its start-up noise.
+    assert "InitGoogle" not in result.stderr and "TPU_WORKER_HOSTNAMES" not in result.stderr
+
+
+def test_a_batch_the_mesh_cannot_split_is_refused_with_a_layout_that_would():
+    slice_64 = tpu_slice("v5p:4x4x4")
+    settings = TrainSettings(batch_size=16, seq_len=65_536, mesh_shape=(1, -1, 1))
+    with pytest.raises(ValueError) as refused:
+        resolve_mesh(settings, EIGHT_B, slice_64)
+    message = str(refused.value)
+    assert "batch_size=16" in message and "64 devices" in message
+    assert "--config.mesh.shape='(1, 16, 4)'" in message
+    # ... and that layout is accepted.
+    assert resolve_mesh(dataclasses.replace(settings, mesh_shape=(1, 16, 4)), EIGHT_B,
+                        slice_64) == (1, 16, 4)
+    with pytest.raises(ValueError, match=r"does not cover the 16 devices of v5p:2x2x4.*"
+                                         r"mesh.shape='\(1, 16, 1\)'"):
+        resolve_mesh(dataclasses.replace(settings, mesh_shape=(2, 4, 1)), EIGHT_B,
+                     tpu_slice("v5p:2x2x4"))
+
+
+@pytest.mark.parametrize("name", ["v5litepod-16", "v9:2x2", "v5p", "tpu:2x2"])
+def test_an_unknown_topology_is_one_line_naming_the_form(name):
+    with pytest.raises(ValueError, match=r"unknown TPU topology .* e\.g\. v5p:2x2x4"):
+        parse_topology(name)
+
+
+def test_the_tool_refuses_a_layout_before_compiling():
+    result = compile_tool("--config", "configs/qwen3_8b.py:dagger", "--topology", "v5p:4x4x4")
+    assert result.returncode == 2
+    assert "mesh.shape='(1, 16, 4)'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_model_flops_are_six_n_plus_causal_attention():
+    flops = model_flops_per_step(EIGHT_B, rows=16, seq_len=65_536)
+    # Qwen3-8B: 8.19e9 parameters, of which 0.62e9 the input embedding the count leaves out.
+    assert flops["matmul_params"] == pytest.approx(7.57e9, rel=0.01)
+    assert flops["dense"] == pytest.approx(6 * flops["matmul_params"] * 16 * 65_536)
+    assert flops["attention"] == pytest.approx(6 * 36 * 4096 * 65_536**2 * 16)
+
+
+def test_a_pod_config_refuses_cpu_devices():
+    settings = TrainSettings(platform="tpu")
+    with pytest.raises(RuntimeError, match=r"config.platform='tpu'.*cpu.*pip install -e '\.\[tpu\]'"):
+        build_step_program(settings, dataclasses.replace(EIGHT_B, num_hidden_layers=1),
+                           jax.devices()[:1])
+
+
+def test_cpu_runs_print_no_tpu_start_up_messages_with_libtpu_installed():
+    assert importlib.util.find_spec("libtpu"), "the test extra installs libtpu (jax[tpu])"
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    result = subprocess.run([sys.executable, "-c", "import dagger_jax, jax; print(jax.devices())"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "CpuDevice" in result.stdout
+    assert "TPU" not in result.stderr and "libtpu" not in result.stderr, result.stderr
