@@ -47,9 +47,9 @@ def summary(report: dict) -> list[str]:
                      f"outputs {b['outputs']:.2f}, aliased {b['aliased']:.2f}, temporaries "
                      f"{b['temporaries']:.2f}, code {b['generated_code']:.2f} GiB")
     else:
-        need = report.get("needed_bytes_per_device")
+        need = report.get("temporaries_bytes_per_device")
         lines.append(f"per device: DOES NOT FIT {hbm:.2f} GiB HBM"
-                     + (f" (XLA needs {need / GiB:.2f} GiB)" if need else "")
+                     + (f" (temporaries alone {need / GiB:.2f} GiB)" if need else "")
                      + f": {report['error'].splitlines()[0][:300]}")
     lines.append(f"model FLOPs per step {report['model_flops_per_step']:.3e} "
                  f"({report['model_flops_attention_fraction']:.0%} attention)"

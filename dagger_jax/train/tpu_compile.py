@@ -228,11 +228,12 @@ def _first_lines(message: str, lines: int = 3) -> str:
 
 
 def _exhausted_bytes(message: str) -> dict[str, Any]:
-    """What XLA's out-of-memory message states: the program's need and the device's memory."""
-    found = {}
-    need = re.search(r"Used ([\d.]+)([KMGT])? of ([\d.]+)([KMGT])? hbm", message)
-    if need:
-        unit = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, None: 1}
-        found["needed_bytes_per_device"] = int(float(need.group(1)) * unit[need.group(2)])
-        found["xla_hbm_bytes_per_device"] = int(float(need.group(3)) * unit[need.group(4)])
-    return found
+    """What XLA's out-of-memory message states: the temporaries' need and the usable HBM,
+    e.g. "HLO temporaries (338.25G) exceeds available HBM (95.74G)"."""
+    found = re.search(r"HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM "
+                      r"\(([\d.]+)([KMGT]?)\)", message)
+    if not found:
+        return {}
+    unit = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "": 1}
+    return {"temporaries_bytes_per_device": int(float(found.group(1)) * unit[found.group(2)]),
+            "xla_hbm_bytes_per_device": int(float(found.group(3)) * unit[found.group(4)])}
