@@ -52,6 +52,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dagger_jax.config_base import load_config_file  # noqa: E402
+from dagger_jax.models.attention import AttentionSpec  # noqa: E402
 from dagger_jax.models.config import Qwen3Config  # noqa: E402
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, params_shape  # noqa: E402
 from dagger_jax.models.sharding import QWEN3_RULES, batch_sharding, make_mesh  # noqa: E402
@@ -172,7 +173,7 @@ def jax_train_runner(case: BenchCase, train_config: Any, loss_chunk: int = 256,
                      seed: int = 0) -> Callable[[], float]:
     """Our jitted train step on a one-device mesh (its first call compiles)."""
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
-    model = Qwen3ForCausalLM(case.model, attention_block=case.attention_block)
+    model = Qwen3ForCausalLM(case.model, attention=AttentionSpec(block=case.attention_block))
     optimizer, schedule = make_optimizer(train_config)
     abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
                               params_shape(case.model))

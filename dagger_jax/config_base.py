@@ -30,7 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"        # activations / matmuls ("bfloat16" on TPU)
     c.param_dtype = "float32"  # master weights
     c.remat = "none"           # none | full | dots | dots_no_batch
-    c.attention_block = 0      # queries per causal attention block; 0 = dense scores
+    c.attention_impl = "xla"   # xla | splash (the Pallas TPU kernel: O(T) memory; see
+                               # models/attention.py; off TPU it runs in interpret mode)
+    c.attention_block = 0      # xla: queries per causal attention block; 0 = dense scores
     # The devices a run needs: "" any; "tpu" (the pod configs): the trainer refuses other
     # devices instead of training a pod config on the CPU JAX of a host without the tpu extra.
     c.platform = ""
@@ -170,7 +172,10 @@ def paper_pod_config(model_fields: dict) -> ml_collections.ConfigDict:
     c.dtype = "bfloat16"
     c.param_dtype = "float32"
     c.remat = "full"
-    c.attention_block = 4096   # 16 causal blocks at 64K: the upper triangle is never computed
+    # The Pallas splash kernel: O(T) attention memory. XLA's blocked form at 64K holds [4096, 64K]
+    # fp32 scores per head: 338 GiB of temporaries per v5p chip for the 8B (tools/compile_tpu.py).
+    c.attention_impl = "splash"
+    c.attention_block = 4096   # if attention_impl=xla: 16 causal blocks at 64K
     c.mesh.shape = (1, -1, 1)  # pure FSDP over the slice; raise `tensor` for 64K contexts
     # PAPER.md: lr 3e-6, batch size 16, 3 epochs per round, 64K context. Schedule and warmup
     # are not given there: ours.

@@ -1,17 +1,55 @@
-"""Causal grouped-query attention over packed sequences: dense, or in causal query blocks; and
-over a KV cache when decoding.
+"""Causal grouped-query attention over packed sequences: XLA's dense or causal-block form, or
+the Pallas splash kernel on TPU; and over a KV cache when decoding.
 
 The blocked form walks query blocks and gives block i only the keys up to its own end, so the
 masked upper triangle is never computed (about half the work of the dense form) and each
-block's scores stay small enough to live in cache. Both give the same numbers.
+block's scores stay small enough to live in cache. Both give the same numbers. Both still
+hold a [block, T] score matrix per head: at 64K tokens that is tens of GiB per layer.
+
+The splash kernel (jax.experimental.pallas.ops.tpu.splash_attention, the one MaxText uses)
+streams key blocks through an online softmax, forward and backward, so its memory is O(T) and
+it skips the key blocks the causal and segment masks leave empty. It is a TPU kernel: off TPU
+it runs in Pallas interpret mode (for numerics, far slower than XLA's form). A Pallas call is
+not split by XLA's sharding propagation, so under a mesh it runs per shard (shard_map): rows
+over the batch axes, heads over `tensor`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 
 Array = jax.Array
+IMPLS = ("xla", "splash")
+# The splash kernel's query and key block (its default); rows must be a multiple of it.
+SPLASH_BLOCK = 512
+SPLASH_MIN_BLOCK = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionSpec:
+    """How training attention runs: config.attention_impl and config.attention_block."""
+    impl: str = "xla"
+    block: int = 0             # xla: queries per causal block (0: dense scores)
+    mesh: Mesh | None = None   # splash: run per shard of this mesh (None: one device)
+    interpret: bool = False    # splash off TPU: Pallas interpret mode
+
+    def __post_init__(self) -> None:
+        if self.impl not in IMPLS:
+            raise ValueError(f"config.attention_impl={self.impl!r}: choose from {IMPLS}")
+
+    def describe(self) -> str:
+        if self.impl == "splash":
+            return "pallas_splash" + ("(interpret)" if self.interpret else "")
+        return f"xla_blocked(block={self.block})" if self.block else "xla_dense"
+
+    def __call__(self, q: Array, k: Array, v: Array, segment_ids: Array) -> Array:
+        if self.impl == "splash":
+            return splash_attention(q, k, v, segment_ids, self.mesh, self.interpret)
+        return causal_attention(q, k, v, segment_ids, self.block)
 
 
 def _attend(q: Array, k: Array, v: Array, q_positions: Array, q_segments: Array,
@@ -62,3 +100,42 @@ def cached_attention(q: Array, k_cache: Array, v_cache: Array, positions: Array)
     scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     return jnp.einsum("bkgts,bskd->btkgd", probs, v_cache).reshape(b, t, heads * d)
+
+
+def splash_block(seq: int) -> int:
+    """The splash kernel's block for rows of `seq` tokens; a ValueError if none fits."""
+    block = min(SPLASH_BLOCK, seq)
+    if seq % block or block % SPLASH_MIN_BLOCK:
+        raise ValueError(f"splash attention needs rows of a multiple of {SPLASH_MIN_BLOCK} tokens "
+                         f"(and of {SPLASH_BLOCK} beyond it), got {seq}")
+    return block
+
+
+def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, mesh: Mesh | None = None,
+                     interpret: bool = False) -> Array:
+    """q [b, t, heads, d], k / v [b, t, kv_heads, d] -> [b, t, heads * d], causal within each
+    segment (segment 0, padding, attends to padding as in the XLA form)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as kernels, splash_attention_mask as masks)
+
+    batch, seq, heads, d = q.shape
+    block = splash_block(seq)
+    sizes = kernels.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                               block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                               block_q_dq=block, block_kv_dq=block)
+
+    def attend(q, k, v, segments):
+        # Per shard: [rows, heads, t, d]. The kernel leaves the softmax scale to the caller.
+        mask = masks.MultiHeadMask([masks.CausalMask((seq, seq))] * q.shape[1])
+        kernel = kernels.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                         interpret=interpret)
+        ids = kernels.SegmentIds(q=segments, kv=segments)  # vmapped over rows with the rest
+        return jax.vmap(kernel)(q * (d ** -0.5), k, v, segment_ids=ids)
+
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    if mesh is not None:
+        rows, heads_spec = P(("data", "fsdp"), "tensor"), P(("data", "fsdp"))
+        attend = jax.shard_map(attend, mesh=mesh, in_specs=(rows, rows, rows, heads_spec),
+                               out_specs=rows, check_vma=False)
+    out = attend(q, k, v, segment_ids)
+    return jnp.swapaxes(out, 1, 2).reshape(batch, seq, heads * d)

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dagger_jax.models.attention import cached_attention, causal_attention
+from dagger_jax.models.attention import AttentionSpec, cached_attention
 from dagger_jax.models.config import Qwen3Config
 
 Array = jax.Array
@@ -83,7 +83,7 @@ class Attention(nn.Module):
     config: Qwen3Config
     dtype: Any
     param_dtype: Any
-    attention_block: int = 0
+    attention: AttentionSpec = AttentionSpec()
 
     @nn.compact
     def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array, positions: Array,
@@ -102,7 +102,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         if cache is None:
-            out = causal_attention(q, k, v, segment_ids, self.attention_block)
+            out = self.attention(q, k, v, segment_ids)
         else:
             # Positions past the cache (a short row's padding after a cached prefix) write nowhere.
             rows = jnp.arange(batch)[:, None]
@@ -132,7 +132,7 @@ class DecoderLayer(nn.Module):
     config: Qwen3Config
     dtype: Any
     param_dtype: Any
-    attention_block: int = 0
+    attention: AttentionSpec = AttentionSpec()
 
     @nn.compact
     def __call__(self, carry: tuple[Array, KVCache | None], cos: Array, sin: Array,
@@ -141,7 +141,8 @@ class DecoderLayer(nn.Module):
         x, cache = carry
         eps = self.config.rms_norm_eps
         h = RMSNorm(eps, self.dtype, self.param_dtype, name="input_layernorm")(x)
-        attention = Attention(self.config, self.dtype, self.param_dtype, self.attention_block, name="self_attn")
+        attention = Attention(self.config, self.dtype, self.param_dtype, self.attention,
+                              name="self_attn")
         out, cache = attention(h, cos, sin, segment_ids, positions, cache, layer)
         x = x + out
         h = RMSNorm(eps, self.dtype, self.param_dtype, name="post_attention_layernorm")(x)
@@ -157,7 +158,7 @@ class Qwen3ForCausalLM(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: str = "none"
-    attention_block: int = 0  # queries per causal block; 0 = dense (see models/attention.py)
+    attention: AttentionSpec = AttentionSpec()  # how training attention runs (models/attention.py)
 
     @nn.compact
     def __call__(self, input_ids: Array, positions: Array | None = None,
@@ -183,7 +184,7 @@ class Qwen3ForCausalLM(nn.Module):
                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
                         length=cfg.num_hidden_layers)
         layers = jnp.arange(cfg.num_hidden_layers)
-        (x, cache), _ = stack(cfg, dtype, param_dtype, self.attention_block, name="layers")(
+        (x, cache), _ = stack(cfg, dtype, param_dtype, self.attention, name="layers")(
             (x, cache), cos, sin, segment_ids, positions, layers)
         x = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="norm")(x)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from dagger_jax.models.attention import IMPLS, splash_block
 from dagger_jax.names import check_weight
 from dagger_jax.train.optimizer import ROUND_SCHEDULES, SCHEDULES
 
@@ -41,6 +42,7 @@ class TrainSettings:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    attention_impl: str = "xla"
     attention_block: int = 0
     platform: str = ""             # the devices required ("" any, "tpu")
     mesh_shape: tuple[int, ...] = (1, -1, 1)
@@ -68,6 +70,13 @@ class TrainSettings:
         need(self.round_schedule in ROUND_SCHEDULES, "round_schedule",
              f"choose from {ROUND_SCHEDULES} ('': off)")
         check_weight(self.objective, "config.train.objective")
+        if self.attention_impl not in IMPLS:
+            raise ValueError(f"config.attention_impl={self.attention_impl!r}: choose from {IMPLS}")
+        if self.attention_impl == "splash":
+            try:
+                splash_block(self.seq_len)
+            except ValueError as e:
+                raise ValueError(f"config.train.seq_len={self.seq_len}: {e}") from None
         if self.platform not in ("", "cpu", "gpu", "tpu"):
             raise ValueError(f"config.platform={self.platform!r}: choose from '', cpu, gpu, tpu")
         for key in ("dtype", "param_dtype"):
@@ -81,7 +90,8 @@ class TrainSettings:
         train = {f.name: config.train[f.name] for f in dataclasses.fields(cls)
                  if f.name in config.train}
         train.update(seed=config.seed, dtype=config.dtype, param_dtype=config.param_dtype,
-                     remat=config.remat, attention_block=config.attention_block,
+                     remat=config.remat, attention_impl=config.attention_impl,
+                     attention_block=config.attention_block,
                      platform=config.platform,
                      mesh_shape=tuple(config.mesh.shape),
                      partition_rules=tuple(tuple(rule) for rule in config.partition_rules),

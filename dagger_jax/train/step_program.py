@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from dagger_jax.models.attention import AttentionSpec
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, params_shape
 from dagger_jax.models.sharding import batch_sharding, make_mesh
@@ -70,8 +71,11 @@ def build_step_program(settings: TrainSettings, model_config: Qwen3Config,
             f"(pip install -e '.[{s.platform}]'; launch/tpu_pod.sh installs it), or pass "
             "--config.platform='' to run it here anyway")
     mesh = make_mesh(s.mesh_shape, devices)
+    splash = s.attention_impl == "splash"
+    attention = AttentionSpec(s.attention_impl, s.attention_block, mesh if splash else None,
+                              interpret=splash and devices[0].platform != "tpu")
     model = Qwen3ForCausalLM(model_config, dtype=s.dtype, param_dtype=s.param_dtype,
-                             remat=s.remat, attention_block=s.attention_block)
+                             remat=s.remat, attention=attention)
     optimizer, schedule = make_optimizer(s)
     abstract_params = params_shape(model_config, jnp.dtype(s.param_dtype))
     abstract_state = jax.eval_shape(

@@ -156,12 +156,6 @@ def model_flops_per_step(model: Qwen3Config, rows: int, seq_len: int) -> dict[st
             "total": dense + attention}
 
 
-def attention_description(settings: TrainSettings) -> str:
-    if settings.attention_block:
-        return f"xla_blocked(block={settings.attention_block})"
-    return "xla_dense"
-
-
 def compile_for_tpu(settings: TrainSettings, model: Qwen3Config, topology: str) -> dict[str, Any]:
     """Compiles the trainer's step for the slice and reports memory, FLOPs and the roofline."""
     where = tpu_slice(topology)
@@ -178,7 +172,7 @@ def compile_for_tpu(settings: TrainSettings, model: Qwen3Config, topology: str) 
         "model": {"hidden_size": model.hidden_size, "layers": model.num_hidden_layers,
                   "vocab_size": model.vocab_size},
         "dtype": settings.dtype, "param_dtype": settings.param_dtype, "remat": settings.remat,
-        "loss_chunk": settings.loss_chunk, "attention": attention_description(settings),
+        "loss_chunk": settings.loss_chunk, "attention": program.model.attention.describe(),
         "hbm_bytes_per_device": where.hbm_per_device,
     }
     try:

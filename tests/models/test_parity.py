@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import transformers
 
+from dagger_jax.models.attention import AttentionSpec
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import export_hf
 from dagger_jax.models.hf_import import load_hf_params
@@ -105,7 +106,7 @@ def test_blocked_attention_equals_dense_with_packing(tmp_path, block):
     positions = np.array([list(range(7)) + list(range(6)) + [0] * 3, list(range(16))])
 
     def loss(p, blk):
-        logits = Qwen3ForCausalLM(config, attention_block=blk).apply({"params": p}, tokens, positions, segments)
+        logits = Qwen3ForCausalLM(config, attention=AttentionSpec(block=blk)).apply({"params": p}, tokens, positions, segments)
         return (logits[:, :13] ** 2).mean(), logits
 
     (dense_loss, dense), dense_grads = jax.value_and_grad(loss, has_aux=True)(params, 0)

@@ -113,3 +113,15 @@ def test_cpu_runs_print_no_tpu_start_up_messages_with_libtpu_installed():
     assert result.returncode == 0, result.stderr
     assert "CpuDevice" in result.stdout
     assert "TPU" not in result.stderr and "libtpu" not in result.stderr, result.stderr
+
+
+def test_the_splash_kernel_lowers_for_tpu_inside_the_train_step(tmp_path):
+    out = tmp_path / "report.json"
+    # head_dim 128: the TPU kernel's lane width (Qwen3's own head size).
+    result = compile_tool("--config", "configs/local.py:dagger", "--topology", "v5e:2x2",
+                          "--out", str(out), *TINY, "--config.model.head_dim=128",
+                          "--config.attention_impl=splash")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    # Compiled by Mosaic for the TPU, not in interpret mode.
+    assert report["attention"] == "pallas_splash" and report["fits"]
