@@ -7,7 +7,7 @@ Needs libtpu (`pip install -e '.[tpu]'`; the test extra has it too). The step co
 the trainer runs (dagger_jax/train/step_program.py) on the slice's devices, with the config's
 mesh, dtypes, remat and attention. Prints one line per figure and the whole report as JSON
 (to --out, or as the last line of stdout): chips, hosts, mesh, per-device bytes, whether they fit
-the chip's HBM, model FLOPs against the compiled FLOPs, and the roofline step time and tokens/s
+the chip's HBM, model FLOPs against the program's matmul FLOPs, and the roofline step time and tokens/s
 at the chip's peak bf16 rate. Exits 1 when the step does not fit, 2 on a layout it refuses.
 """
 
@@ -53,8 +53,8 @@ def summary(report: dict) -> list[str]:
                      + f": {report['error'].splitlines()[0][:300]}")
     lines.append(f"model FLOPs per step {report['model_flops_per_step']:.3e} "
                  f"({report['model_flops_attention_fraction']:.0%} attention)"
-                 + (f", model / compiled {report['model_over_compiled_flops']:.2f}"
-                    if "model_over_compiled_flops" in report else ""))
+                 + f", the program's matmuls {report['program_matmul_flops_per_step']:.3e} "
+                 f"(model / program {report['model_over_program_flops']:.2f})")
     lines.append(f"roofline at {report['peak_bf16_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip: "
                  f"step {report['roofline_step_s']:.2f} s, {report['roofline_tokens_per_s']:,.0f} "
                  f"tokens/s ({report['roofline_tokens_per_s_per_chip']:,.0f} per chip)")

@@ -171,8 +171,9 @@ class StrReplaceEditor:
                                   f" elif [ -e {q} ]; then echo other; else echo missing; fi")
         kind = result.output.strip()
         if kind not in ("dir", "file", "other", "missing"):
-            raise SandboxFileError(f"could not inspect {path} in sandbox {self.sandbox.name}: "
-                                   f"{result.output.strip()}")
+            raise SandboxFileError(f"could not inspect {path} in sandbox {self.sandbox.name} "
+                                   f"(exit {result.exit_code}, timed out: {result.timed_out}, "
+                                   f"{result.duration_s:.1f} s): {result.output.strip()!r}")
         return kind
 
     def _view_dir(self, path: str) -> str:

@@ -52,9 +52,9 @@ class StepProgram:
                                         jnp.float32 if k in FLOAT_KEYS else jnp.int32,
                                         sharding=sharding) for k in self.batch_keys}
 
-    def lower(self, rows: int, seq_len: int) -> jax.stages.Lowered:
-        """The step traced and lowered for this mesh, without any arrays (AOT)."""
-        return self.step.lower(with_shardings(self.abstract_state, self.shardings),
+    def trace(self, rows: int, seq_len: int) -> jax.stages.Traced:
+        """The step traced for this mesh without any arrays; `.lower().compile()` for AOT."""
+        return self.step.trace(with_shardings(self.abstract_state, self.shardings),
                                self.abstract_batch(rows, seq_len))
 
 

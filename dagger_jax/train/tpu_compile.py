@@ -4,7 +4,7 @@ libtpu (the `tpu` extra, also in the test extra) describes any TPU topology by n
 (`jax.experimental.topologies`); the trainer's own step (train/step_program.py) is built on those
 device descriptions and compiled by XLA's TPU compiler exactly as a pod would compile it. What
 comes back is the per-device memory of the compiled program (arguments, outputs, temporaries)
-and its FLOPs, so whether a config fits a slice is known before a pod is rented.
+and the FLOPs of its matmuls (train/flop_count.py), so whether a config fits a slice is known before a pod is rented.
 
 A layout that cannot work (a mesh that does not cover the slice, a batch the mesh cannot split)
 is refused before compiling, with a layout that would work in the message.
@@ -23,6 +23,7 @@ import jax
 
 from dagger_jax.accelerators import tpu_chips_present
 from dagger_jax.models.config import Qwen3Config
+from dagger_jax.train.flop_count import matmul_flops
 from dagger_jax.models.sharding import MESH_AXES, BATCH_AXES
 from dagger_jax.train.settings import TrainSettings
 from dagger_jax.train.step_program import build_step_program
@@ -175,14 +176,16 @@ def compile_for_tpu(settings: TrainSettings, model: Qwen3Config, topology: str) 
         "loss_chunk": settings.loss_chunk, "attention": program.model.attention.describe(),
         "hbm_bytes_per_device": where.hbm_per_device,
     }
+    traced = program.trace(rows, seq_len)
+    program_flops = matmul_flops(traced.jaxpr)
     try:
-        compiled = program.lower(rows, seq_len).compile()
+        compiled = traced.lower().compile()
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         report.update(compile_s=time.perf_counter() - began, fits=False,
                       error=_first_lines(str(e)), **_exhausted_bytes(str(e)))
-        return _with_flops(report, model, where, rows, seq_len, None)
+        return _with_flops(report, model, where, rows, seq_len, program_flops)
     report["compile_s"] = time.perf_counter() - began
     memory = compiled.memory_analysis()
     per_device = {
@@ -196,24 +199,23 @@ def compile_for_tpu(settings: TrainSettings, model: Qwen3Config, topology: str) 
     report["per_device_bytes"] = per_device
     report["fits"] = per_device["total"] <= where.hbm_per_device
     report["hbm_spare_fraction"] = 1.0 - per_device["total"] / where.hbm_per_device
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return _with_flops(report, model, where, rows, seq_len, float(cost.get("flops", 0.0)) or None)
+    return _with_flops(report, model, where, rows, seq_len, program_flops)
 
 
 def _with_flops(report: dict[str, Any], model: Qwen3Config, where: Slice, rows: int,
-                seq_len: int, compiled_flops_per_device: float | None) -> dict[str, Any]:
+                seq_len: int, program_flops: float) -> dict[str, Any]:
     flops = model_flops_per_step(model, rows, seq_len)
     step_s = flops["total"] / (where.chips * where.chip.peak_bf16_flops)
     report.update(
         model_flops_per_step=flops["total"], model_flops_attention_fraction=flops["attention"] / flops["total"],
         peak_bf16_flops_per_chip=where.chip.peak_bf16_flops, roofline_step_s=step_s,
         roofline_tokens_per_s=rows * seq_len / step_s,
-        roofline_tokens_per_s_per_chip=rows * seq_len / step_s / where.chips)
-    if compiled_flops_per_device:
-        # XLA's count for one device's program: recomputation (remat) included.
-        report["compiled_flops_per_step"] = compiled_flops_per_device * len(where.devices)
-        report["model_over_compiled_flops"] = flops["total"] / report["compiled_flops_per_step"]
+        roofline_tokens_per_s_per_chip=rows * seq_len / step_s / where.chips,
+        # What the step's program multiplies (train/flop_count.py): remat's recomputation in,
+        # a kernel's skipped blocks counted (an upper bound); model / program < 1 is the share
+        # of the work that is the model's own.
+        program_matmul_flops_per_step=program_flops,
+        model_over_program_flops=flops["total"] / program_flops)
     return report
 
 

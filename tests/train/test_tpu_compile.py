@@ -53,8 +53,9 @@ def test_the_tiny_config_compiles_for_v5e_2x2_and_reports_what_it_needs(tmp_path
     # The train state is donated: what it occupies as an argument is reused by the output.
     assert memory["arguments"] > 0 and memory["aliased"] > 0 and memory["temporaries"] > 0
     assert memory["total"] < report["hbm_bytes_per_device"]
-    # XLA's FLOP count of the compiled program is of the order of the analytic model FLOPs.
-    assert 0.2 < report["model_over_compiled_flops"] < 2.0
+    # The program's matmuls exceed the model's 6N + causal attention: dense attention computes
+    # the whole square, and the chunked loss recomputes each chunk's logits in its backward.
+    assert 0.5 < report["model_over_program_flops"] < 1.0
     assert report["roofline_tokens_per_s"] > 0 and report["attention"] == "xla_dense"
     assert "fits" in result.stdout and "roofline" in result.stdout
     # libtpu was told it describes a slice on a host without TPUs: none of its start-up noise.
