@@ -73,6 +73,7 @@ class BenchCase:
     batch_size: int
     seq_len: int
     attention_block: int = 0  # our model's causal query block (0 = dense scores)
+    attention_impl: str = "xla"  # or splash: the Pallas TPU kernel, in interpret mode off TPU
 
     @property
     def tokens_per_step(self) -> int:
@@ -173,7 +174,10 @@ def jax_train_runner(case: BenchCase, train_config: Any, loss_chunk: int = 256,
                      seed: int = 0) -> Callable[[], float]:
     """Our jitted train step on a one-device mesh (its first call compiles)."""
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
-    model = Qwen3ForCausalLM(case.model, attention=AttentionSpec(block=case.attention_block))
+    splash = case.attention_impl == "splash"
+    model = Qwen3ForCausalLM(case.model, attention=AttentionSpec(
+        case.attention_impl, case.attention_block,
+        interpret=splash and jax.devices()[0].platform != "tpu"))
     optimizer, schedule = make_optimizer(train_config)
     abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
                               params_shape(case.model))

@@ -110,7 +110,8 @@ def test_decode_benchmark_runs_and_the_cache_changes_no_token():
 
 
 def test_attention_block_benchmark_runs(tmp_path):
-    """benchmarks/attention_block.py on a minuscule config: every block's step is timed."""
+    """benchmarks/attention_block.py on a minuscule config: every block's step is timed, the
+    splash kernel's (in interpret mode) too."""
     repo = SCRIPT.parents[1]
     config = tmp_path / "tiny.py"
     config.write_text(
@@ -119,14 +120,14 @@ def test_attention_block_benchmark_runs(tmp_path):
         f"    c = load_config_file({str(repo / 'configs' / 'local.py')!r})\n"
         "    c.model.update(dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,\n"
         "                        num_attention_heads=2, num_key_value_heads=1, head_dim=8))\n"
-        "    c.train.update(dict(batch_size=1, seq_len=64))\n"
+        "    c.train.update(dict(batch_size=1, seq_len=128))\n"
         "    return c\n")
     spec = importlib.util.spec_from_file_location("_bench_attention_block", SCRIPT.parent / "attention_block.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.run(str(config), [0, 32], steps=1)
-    assert [r["attention_block"] for r in result["rows"]] == [0, 32]
-    assert result["seq_len"] == 64 and result["rows"][0]["relative_to_first"] == 1.0
+    result = module.run(str(config), [0, 32, "splash"], steps=1)
+    assert [r["attention_block"] for r in result["rows"]] == [0, 32, "splash"]
+    assert result["seq_len"] == 128 and result["rows"][0]["relative_to_first"] == 1.0
     for row in result["rows"]:
         assert row["median_step_s"] > 0 and math.isfinite(row["relative_to_first"])
     with pytest.raises(ValueError, match="does not divide"):
