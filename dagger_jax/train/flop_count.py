@@ -3,8 +3,8 @@
 XLA's own count (`Compiled.cost_analysis()`) visits each while-loop body once, so for a model
 whose layers are one scanned body it reports about one layer's work, and it cannot see into a
 Pallas kernel. This counts from the program as traced instead (the jaxpr of the train step):
-every dot_general, times the trip count of each scan around it and the grid of each Pallas
-kernel around it, through calls, remat (whose recomputation the backward pass traces again) and
+every dot_general, times the trip count of each scan around it, the grid of each Pallas
+kernel around it and the devices of each shard_map around it, through calls, remat (whose recomputation the backward pass traces again) and
 custom derivatives. A `cond` counts its costliest branch, so a kernel that skips blocks at run
 time (the causal upper triangle) is counted as if it computed them: an upper bound there.
 """
@@ -33,6 +33,8 @@ def _repeats(eqn: core.JaxprEqn) -> int:
         return int(eqn.params["length"])
     if name == "pallas_call":
         return math.prod(int(g) for g in eqn.params["grid_mapping"].grid)
+    if name == "shard_map":  # its body is one device's share; every device of the mesh runs it
+        return math.prod(eqn.params["mesh"].shape.values())
     return 1
 
 

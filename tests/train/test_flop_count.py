@@ -6,6 +6,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jax.sharding import PartitionSpec as P
+
+from dagger_jax.models.sharding import make_mesh
 from dagger_jax.train.flop_count import matmul_flops
 
 M, K, N = 8, 16, 32
@@ -31,6 +34,13 @@ def test_a_gradient_and_remat_count_what_runs():
     # Inside the backward the forward runs again as far as the backward needs it: tanh(a @ b),
     # not the last matmul, whose output nothing reads.
     assert rematted == plain + ONE
+
+
+def test_a_shard_map_counts_every_devices_share():
+    mesh = make_mesh((1, 4, 1), jax.devices()[:4])
+    fn = jax.shard_map(lambda a, b: a @ b, mesh=mesh, in_specs=(P("fsdp"), P()),
+                       out_specs=P("fsdp"))
+    assert flops(fn, (M, K), (K, N)) == ONE
 
 
 def test_cond_counts_its_costliest_branch():
