@@ -18,7 +18,8 @@ usage() {
 usage: $PROG [--teacher-model M] [--student-model DIR] [--teacher-servers N] [--student-servers N]
        [--teacher-tp G] [--student-tp G] [--hosts H1,H2,...] [--gpus-per-host N]
        [--teacher-port P] [--student-port P] [--router] [--router-port P] [--python PY]
-       [--log-dir DIR] [--timeout S] [--poll S] [--dry-run] [-- SERVER_ARGS...]
+       [--log-dir DIR] [--context-length N] [--timeout S] [--poll S] [--dry-run]
+       [-- SERVER_ARGS...]
 
 Starts 'PY -m sglang.launch_server --model-path M --host 0.0.0.0 --port P --tp-size G SERVER_ARGS'
 per server and prints, once all are healthy:
@@ -44,6 +45,10 @@ endpoint is the router, and teacher_workers= / student_workers= list the servers
   --router-port P       teacher router port; the student router uses P+1 (default 32000)
   --python PY           python with sglang installed, on the hosts (default python)
   --log-dir DIR         server logs, same path on every host (default /tmp/sglang_fleet)
+  --context-length N    SGLang --context-length for every server: the run's context (the
+                        paper: 65536). Default: each model's max_position_embeddings; a
+                        student export carries the run's (and its YaRN rope_scaling, which
+                        SGLang reads from the export's config.json)
   --timeout S           seconds to wait for all servers to be healthy (default 1800)
   --poll S              seconds between health checks (default 5)
   --dry-run             print the commands (shell-quoted) and the endpoints; run nothing
@@ -81,7 +86,7 @@ display_words() {
 teacher_model="" student_model="" teacher_servers=1 student_servers=1 teacher_tp=1 student_tp=1
 hosts_csv="127.0.0.1" gpus_per_host=8 teacher_port=30000 student_port=31000
 router=0 router_port=32000 python_bin="python" log_dir="/tmp/sglang_fleet"
-timeout_s=1800 poll_s=5 dry_run=0
+timeout_s=1800 poll_s=5 dry_run=0 context_length=""
 server_args=()
 
 # Value of a flag given as `--flag VALUE` or `--flag=VALUE`; sets `shift_by` for the caller.
@@ -117,6 +122,7 @@ while [ "$#" -gt 0 ]; do
     --log-dir|--log-dir=*) flag_value --log-dir "$@"; log_dir="$value" ;;
     --timeout|--timeout=*) flag_value --timeout "$@"; timeout_s="$value" ;;
     --poll|--poll=*) flag_value --poll "$@"; poll_s="$value" ;;
+    --context-length|--context-length=*) flag_value --context-length "$@"; context_length="$value" ;;
     --router) router=1 ;;
     --dry-run) dry_run=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -137,6 +143,8 @@ for pair in "teacher-servers:$teacher_servers" "student-servers:$student_servers
   is_count "${pair#*:}" || die_usage "--${pair%%:*} must be a non-negative integer, got '${pair#*:}'"
 done
 [[ "$poll_s" =~ ^[0-9]+([.][0-9]+)?$ ]] || die_usage "--poll must be a number of seconds, got '$poll_s'"
+[ -z "$context_length" ] || [[ "$context_length" =~ ^[1-9][0-9]*$ ]] \
+  || die_usage "--context-length must be a positive integer, got '$context_length'"
 for pair in "teacher-tp:$teacher_tp" "student-tp:$student_tp" "gpus-per-host:$gpus_per_host"; do
   [ "${pair#*:}" -ge 1 ] || die_usage "--${pair%%:*} must be at least 1"
 done
@@ -277,6 +285,7 @@ for ((i = 0; i < n_servers; i++)); do
   role="${srv_role[i]}"
   cmd=(env "CUDA_VISIBLE_DEVICES=${srv_gpus[i]}" "$python_bin" -m sglang.launch_server
        --model-path "${srv_model[i]}" --host 0.0.0.0 --port "${srv_port[i]}" --tp-size "${srv_tp[i]}")
+  if [ -n "$context_length" ]; then cmd+=(--context-length "$context_length"); fi
   if [ "${#server_args[@]}" -gt 0 ]; then cmd+=("${server_args[@]}"); fi
   launch "${srv_host[i]}" "$log_dir/$role-${srv_port[i]}.log" \
     "$(url_of "${srv_host[i]}" "${srv_port[i]}")" "${cmd[@]}"

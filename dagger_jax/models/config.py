@@ -11,6 +11,52 @@ QWEN3_ARCHITECTURE = "Qwen3ForCausalLM"
 
 
 @dataclasses.dataclass(frozen=True)
+class YarnScaling:
+    """YaRN RoPE scaling, as Qwen documents it for contexts past the pretrained window
+    (config.json: "rope_scaling": {"rope_type": "yarn", "factor": 2.0,
+    "original_max_position_embeddings": 32768} for 64K). Field names and defaults are those of
+    transformers' `_compute_yarn_parameters`; the model computes the same frequencies."""
+    factor: float
+    original_max_position_embeddings: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None   # None: 0.1 ln(factor) + 1
+    truncate: bool = True
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str) -> "YarnScaling":
+        values = dict(values)
+        rope_type = values.pop("rope_type", values.pop("type", "yarn"))
+        values.pop("rope_theta", None)  # transformers 5 keeps the theta beside the scaling
+        if rope_type != "yarn":
+            raise ValueError(f"{where}: rope type {rope_type!r} is not supported (only 'default' "
+                             "and 'yarn')")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        missing = [k for k in ("factor", "original_max_position_embeddings") if values.get(k) is None]
+        if unknown or missing:
+            raise ValueError(f"{where}: yarn rope scaling needs factor and "
+                             f"original_max_position_embeddings (optional: beta_fast, beta_slow, "
+                             f"attention_factor, truncate); got unknown {unknown}, missing {missing}")
+        scaling = cls(**values)
+        if not isinstance(scaling.factor, (int, float)) or scaling.factor < 1:
+            raise ValueError(f"{where}: yarn factor must be a number >= 1, got {scaling.factor!r} "
+                             "(context / original_max_position_embeddings)")
+        if not isinstance(scaling.original_max_position_embeddings, int) or \
+                scaling.original_max_position_embeddings <= 0:
+            raise ValueError(f"{where}: original_max_position_embeddings must be a positive int, "
+                             f"got {scaling.original_max_position_embeddings!r}")
+        if scaling.beta_fast < scaling.beta_slow:
+            raise ValueError(f"{where}: yarn beta_fast={scaling.beta_fast} must be >= "
+                             f"beta_slow={scaling.beta_slow}")
+        return scaling
+
+    def to_hf(self, rope_theta: float) -> dict[str, Any]:
+        out = {"rope_type": "yarn", "rope_theta": rope_theta, **dataclasses.asdict(self)}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
 class Qwen3Config:
     """Shapes and constants of a dense Qwen3 decoder (what `transformers` calls Qwen3Config)."""
 
@@ -28,8 +74,12 @@ class Qwen3Config:
     max_position_embeddings: int = 40_960
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    rope_scaling: YarnScaling | None = None  # a mapping is read as YarnScaling.from_mapping
 
     def __post_init__(self) -> None:
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, YarnScaling):
+            object.__setattr__(self, "rope_scaling", YarnScaling.from_mapping(
+                self.rope_scaling, "Qwen3Config.rope_scaling"))
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim"):
             value = getattr(self, name)
@@ -88,8 +138,9 @@ class Qwen3Config:
             "rms_norm_eps": self.rms_norm_eps,
             # Both spellings: transformers 5 reads rope_parameters, 4.x reads rope_theta.
             "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
-            "rope_scaling": None,
+            "rope_parameters": (self.rope_scaling.to_hf(self.rope_theta) if self.rope_scaling
+                                else {"rope_type": "default", "rope_theta": self.rope_theta}),
+            "rope_scaling": self.rope_scaling.to_hf(self.rope_theta) if self.rope_scaling else None,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
             "attention_dropout": 0.0,
@@ -116,11 +167,16 @@ class Qwen3Config:
         if hf.get("use_sliding_window"):
             raise ValueError(f"{where}: use_sliding_window=true is not supported")
         rope = hf.get("rope_parameters") or {}
-        scaling = hf.get("rope_scaling")
-        # transformers 4 writes rope_scaling, 5 writes rope_parameters: both must be plain RoPE.
-        for rope_type in (rope.get("rope_type"), (scaling or {}).get("rope_type")):
-            if rope_type not in (None, "default"):
-                raise ValueError(f"{where}: rope type {rope_type!r} is not supported (only 'default')")
+        # transformers 4 writes rope_scaling, 5 writes rope_parameters: plain RoPE or YaRN.
+        scaling = None
+        for key in ("rope_parameters", "rope_scaling"):
+            given = hf.get(key) or {}
+            rope_type = given.get("rope_type", given.get("type"))
+            if rope_type == "yarn":
+                scaling = YarnScaling.from_mapping(given, f"{where}: {key}")
+            elif rope_type not in (None, "default"):
+                raise ValueError(f"{where}: rope type {rope_type!r} is not supported (only "
+                                 "'default' and 'yarn')")
         rope_theta = rope.get("rope_theta", hf.get("rope_theta", 1_000_000.0))
         required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads")
@@ -146,6 +202,7 @@ class Qwen3Config:
             max_position_embeddings=int(hf.get("max_position_embeddings", 40_960)),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=eos,
+            rope_scaling=scaling,
         )
 
     @classmethod

@@ -14,11 +14,13 @@ every decode step, a cost that grows with the cache length (benchmarks/decode.py
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dagger_jax.models.attention import AttentionSpec, cached_attention
 from dagger_jax.models.config import Qwen3Config
@@ -62,12 +64,38 @@ class RMSNorm(nn.Module):
         return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
-def rope_tables(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+def rope_frequencies(config: Qwen3Config) -> tuple[np.ndarray, float]:
+    """Inverse frequencies [head_dim / 2] and the cos/sin scale: plain RoPE, or YaRN (the
+    pretrained frequencies kept where a dimension turns often within the original window,
+    divided by `factor` where it turns rarely, a linear ramp between; cos/sin scaled up)."""
+    dim, theta = config.head_dim, config.rope_theta
+    plain = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    yarn = config.rope_scaling
+    if yarn is None:
+        return plain.astype(np.float32), 1.0
+
+    def dimension_of(rotations: float) -> float:  # the dim index turning `rotations` times
+        window = yarn.original_max_position_embeddings
+        return dim * math.log(window / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dimension_of(yarn.beta_fast), dimension_of(yarn.beta_slow)
+    if yarn.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    ramp = np.clip((np.arange(dim // 2) - low) / (high - low if high != low else 0.001), 0, 1)
+    inv_freq = plain / yarn.factor * ramp + plain * (1 - ramp)
+    scale = yarn.attention_factor
+    if scale is None:
+        scale = 0.1 * math.log(yarn.factor) + 1.0 if yarn.factor > 1 else 1.0
+    return inv_freq.astype(np.float32), float(scale)
+
+
+def rope_tables(positions: Array, config: Qwen3Config) -> tuple[Array, Array]:
     """cos/sin tables [batch, seq, head_dim] for the half-split ("rotate_half") RoPE layout."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    inv_freq, scale = rope_frequencies(config)
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
     angles = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
+    return jnp.cos(angles) * scale, jnp.sin(angles) * scale
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
@@ -175,7 +203,7 @@ class Qwen3ForCausalLM(nn.Module):
 
         embedding = self.param("embed_tokens", _DENSE_INIT, (cfg.vocab_size, cfg.hidden_size), param_dtype)
         x = jnp.take(embedding, input_ids, axis=0).astype(dtype)
-        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        cos, sin = rope_tables(positions, cfg)
 
         layer = DecoderLayer
         if self.remat != "none":

@@ -7,6 +7,7 @@ optimizer state is then initialised fresh from the restored params.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from dagger_jax.models.config import Qwen3Config
+
+# Model config fields that set the context window, not the weights' shapes or meaning.
+CONTEXT_FIELDS = ("max_position_embeddings", "rope_scaling")
 
 ITEMS = ("params", "opt_state", "meta")
 FORMAT_VERSION = 1
@@ -64,10 +68,17 @@ class Checkpointer:
         return dict(restored["meta"])
 
     def check_model_config(self, step: int, model_config: Qwen3Config) -> None:
-        """Refuses a checkpoint written for another model shape, naming what differs."""
+        """Refuses a checkpoint written for another model shape, naming what differs. The
+        context window (max_position_embeddings, rope_scaling) may differ: extending a
+        pretrained model's context with YaRN is what it is for."""
         saved = self.meta(step).get("model_config", {})
         ours = model_config.to_dict()
-        diffs = {k: (saved.get(k), v) for k, v in ours.items() if saved.get(k) != v}
+        diffs = {k: (saved.get(k), v) for k, v in ours.items()
+                 if saved.get(k) != v and k not in CONTEXT_FIELDS}
+        extended = {k: (saved.get(k), ours[k]) for k in CONTEXT_FIELDS if saved.get(k) != ours[k]}
+        if extended and not diffs:
+            logging.info("checkpoint %s: context window %s", step,
+                         ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in extended.items()))
         if diffs:
             listed = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diffs.items()))
             raise ValueError(f"checkpoint {self.directory / str(step)} was written for a different "

@@ -77,6 +77,16 @@ def test_dry_run_prints_local_servers_and_endpoints():
         "student_endpoints": "http://127.0.0.1:31000,http://127.0.0.1:31001"}
 
 
+def test_the_context_length_reaches_every_server():
+    # The paper's 64K: the student export carries its YaRN scaling in config.json.
+    result = run_script("--teacher-model", TEACHER, "--student-model", "/ckpt/student",
+                        "--context-length", "65536", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert [argv for _, argv, _ in launched(result.stdout)] == [
+        server_argv(TEACHER, 30000, 1, "0", "--context-length", "65536"),
+        server_argv("/ckpt/student", 31000, 1, "1", "--context-length", "65536")]
+
+
 def test_dry_run_spreads_servers_over_ssh_hosts_with_routers_in_front():
     result = run_script("--teacher-model", TEACHER, "--teacher-servers", "2", "--teacher-tp",
                         "4", "--student-model", "/ckpt/s", "--student-servers", "3",
@@ -131,6 +141,8 @@ def test_quoted_server_args_survive_into_the_remote_command():
     (["--teacher-model", "m", "--router", "--router-port", "30000"], 2, "port ranges overlap"),
     (["--teacher-model"], 2, "--teacher-model needs a value"),
     (["--teacher-model", "m", "--bogus"], 2, "unknown argument '--bogus'"),
+    (["--teacher-model", "m", "--context-length", "64k"], 2,
+     "--context-length must be a positive integer, got '64k'"),
 ])
 def test_bad_arguments_are_refused_with_a_reason(args, code, message):
     result = run_script(*args, "--dry-run")

@@ -9,7 +9,7 @@ import pytest
 import transformers
 
 from dagger_jax.models.config import Qwen3Config
-from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params
+from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, rope_frequencies
 from tests.models.hf_fixtures import TINY
 
 
@@ -34,7 +34,11 @@ def test_hf_dict_round_trip_and_transformers_reads_ours():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope type 'yarn'"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}),
+     r"yarn rope scaling needs factor and original_max_position_embeddings.*missing "
+     r"\['original_max_position_embeddings'\]"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 0.5, "original_max_position_embeddings": 8}),
+     "yarn factor must be a number >= 1"),
     (dict(rope_parameters={"rope_type": "linear", "rope_theta": 1.0}), "rope type 'linear'"),
     (dict(use_sliding_window=True), "use_sliding_window"),
     (dict(hidden_act="gelu"), "hidden_act='gelu'"),
@@ -45,6 +49,27 @@ def test_unsupported_configs_are_refused_by_name(change, message):
     hf = {**transformers.Qwen3Config(**TINY).to_dict(), "architectures": ["Qwen3ForCausalLM"], **change}
     with pytest.raises(ValueError, match=message):
         Qwen3Config.from_hf_dict(hf, where="x/config.json")
+
+
+@pytest.mark.parametrize("yarn", [
+    dict(factor=2.0, original_max_position_embeddings=32_768),  # configs/qwen3_8b.py at 64K
+    dict(factor=4.0, original_max_position_embeddings=64, beta_fast=16.0, truncate=False),
+    dict(factor=8.0, original_max_position_embeddings=4096, attention_factor=1.5),
+])
+def test_yarn_frequencies_and_scale_are_transformers(yarn):
+    theta, head_dim = 1_000_000.0, 128
+    theirs = transformers.Qwen3Config(**{**TINY, "head_dim": head_dim, "rope_parameters": {
+        "rope_type": "yarn", "rope_theta": theta, **yarn}})
+    inv_freq, scale = transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS["yarn"](theirs, "cpu")
+    ours = Qwen3Config.from_hf_dict(theirs.to_dict())
+    assert ours.rope_scaling.factor == yarn["factor"]
+    our_freq, our_scale = rope_frequencies(ours)
+    np.testing.assert_allclose(our_freq, inv_freq.numpy(), rtol=1e-6)
+    assert our_scale == pytest.approx(scale, rel=1e-9)
+    # Written back, transformers reads the same scaling.
+    again = transformers.Qwen3Config(**ours.to_hf_dict())
+    assert again.rope_parameters["rope_type"] == "yarn"
+    assert again.rope_parameters["factor"] == yarn["factor"]
 
 
 def test_unknown_model_key_is_named():

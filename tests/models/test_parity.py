@@ -22,6 +22,9 @@ VARIANTS = {
     "mha_bias_theta": dict(num_key_value_heads=4, attention_bias=True, rope_theta=5000.0),
     "gqa4_sharded_files": dict(num_attention_heads=8, num_key_value_heads=2, head_dim=16,
                                max_shard_size="40KB"),
+    # Qwen's long-context setting: YaRN over a 64-token "pretrained" window, 4x.
+    "yarn": dict(rope_parameters=dict(rope_type="yarn", factor=4.0, rope_theta=10_000.0,
+                                      original_max_position_embeddings=64)),
 }
 
 
