@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
         b2=0.95,
         eps=1e-8,
         clip_grad_norm=1.0,
+        moment_dtype="",  # Adam's first moment: "" the param dtype, or "bfloat16" (half its HBM)
         log_every=10,
         checkpoint_every=50,
         keep_checkpoints=3,

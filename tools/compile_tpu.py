@@ -45,7 +45,8 @@ def summary(report: dict) -> list[str]:
                      f"({'fits' if report['fits'] else 'DOES NOT FIT'}, "
                      f"{report['hbm_spare_fraction']:.0%} spare): arguments {b['arguments']:.2f}, "
                      f"outputs {b['outputs']:.2f}, aliased {b['aliased']:.2f}, temporaries "
-                     f"{b['temporaries']:.2f}, code {b['generated_code']:.2f} GiB")
+                     f"{b['temporaries']:.2f}, code {b['generated_code']:.2f} GiB"
+                     + (f"; host {b['host_temporaries']:.2f} GiB" if b["host_temporaries"] else ""))
     else:
         need = report.get("temporaries_bytes_per_device")
         lines.append(f"per device: DOES NOT FIT {hbm:.2f} GiB HBM"

@@ -32,6 +32,10 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # As dots_no_batch, the saved matmul outputs kept in host memory (TPU: pinned host),
+    # brought back for the backward pass: device memory of "full" for the recompute of
+    # "dots_no_batch", paid in host transfers.
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
 }
 
 _DENSE_INIT = nn.initializers.normal(stddev=0.02)

@@ -54,12 +54,15 @@ def make_optimizer(train_config: Any) -> tuple[optax.GradientTransformation, opt
     if round_schedule not in ROUND_SCHEDULES:
         raise ValueError(f"train.round_schedule={round_schedule!r} unknown; choose from "
                          f"{ROUND_SCHEDULES} ('': off)")
+    # Adam's first moment in bfloat16 (train.moment_dtype) halves its memory; the second moment
+    # and the master weights keep the param dtype.
+    mu_dtype = getattr(c, "moment_dtype", "") or None
     if round_schedule:
-        adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))
-        chain.append(adamw(learning_rate=c.lr, b1=c.b1, b2=c.b2, eps=c.eps,
+        adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask", "mu_dtype"))
+        chain.append(adamw(learning_rate=c.lr, b1=c.b1, b2=c.b2, eps=c.eps, mu_dtype=mu_dtype,
                            weight_decay=c.weight_decay, mask=_decay_mask))
     else:
-        chain.append(optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps,
+        chain.append(optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, mu_dtype=mu_dtype,
                                  weight_decay=c.weight_decay, mask=_decay_mask))
     return optax.chain(*chain), schedule
 

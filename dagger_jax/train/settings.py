@@ -30,6 +30,7 @@ class TrainSettings:
     b2: float = 0.95
     eps: float = 1e-8
     clip_grad_norm: float = 1.0
+    moment_dtype: str = ""         # Adam's first moment: "" the param dtype, or bfloat16
     log_every: int = 10
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
@@ -79,6 +80,9 @@ class TrainSettings:
                 raise ValueError(f"config.train.seq_len={self.seq_len}: {e}") from None
         if self.platform not in ("", "cpu", "gpu", "tpu"):
             raise ValueError(f"config.platform={self.platform!r}: choose from '', cpu, gpu, tpu")
+        if self.moment_dtype not in ("", "float32", "bfloat16"):
+            raise ValueError(f"config.train.moment_dtype={self.moment_dtype!r}: choose from '' "
+                             "(the param dtype), float32, bfloat16")
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in DTYPES:
                 raise ValueError(f"config.{key}={getattr(self, key)!r}: choose from {DTYPES}")

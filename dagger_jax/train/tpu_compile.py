@@ -192,6 +192,8 @@ def compile_for_tpu(settings: TrainSettings, model: Qwen3Config, topology: str) 
         "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
         "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes,
         "generated_code": memory.generated_code_size_in_bytes,
+        # Host memory the program uses (remat=offload keeps saved activations there).
+        "host_temporaries": memory.host_temp_size_in_bytes,
     }
     # Donated state: an output aliased to its argument occupies one buffer, not two.
     per_device["total"] = (per_device["arguments"] + per_device["outputs"] - per_device["aliased"]

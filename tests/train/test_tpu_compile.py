@@ -126,3 +126,20 @@ def test_the_splash_kernel_lowers_for_tpu_inside_the_train_step(tmp_path):
     report = json.loads(out.read_text())
     # Compiled by Mosaic for the TPU, not in interpret mode.
     assert report["attention"] == "pallas_splash" and report["fits"]
+
+
+def test_the_memory_levers_compile_for_tpu(tmp_path):
+    """Host offload of the saved activations and a bfloat16 first moment, on the tiny config."""
+    out = tmp_path / "report.json"
+    result = compile_tool("--config", "configs/local.py:dagger", "--topology", "v5e:2x2",
+                          "--out", str(out), *TINY, "--config.remat=offload",
+                          "--config.train.moment_dtype=bfloat16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["remat"] == "offload" and report["fits"]
+    # The train state's first moment is bfloat16: its arguments are smaller than in float32.
+    plain = tmp_path / "plain.json"
+    assert compile_tool("--config", "configs/local.py:dagger", "--topology", "v5e:2x2",
+                        "--out", str(plain), *TINY).returncode == 0
+    assert report["per_device_bytes"]["arguments"] < \
+        json.loads(plain.read_text())["per_device_bytes"]["arguments"]
