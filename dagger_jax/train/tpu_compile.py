@@ -133,6 +133,10 @@ def resolve_mesh(settings: TrainSettings, model: Qwen3Config, where: Slice) -> t
                          f"{hint}")
     axes = dict(zip(MESH_AXES, shape))
     split = math.prod(axes[a] for a in BATCH_AXES)
+    fewer = [k for k in _divisors(settings.grad_accum)
+             if settings.batch_size % k == 0 and (settings.batch_size // k) % split == 0]
+    if micro_rows % split and fewer:
+        hint = f"--config.train.grad_accum={max(fewer)}, or {hint}"
     if micro_rows % split:
         raise ValueError(
             f"config.train.batch_size={settings.batch_size} (grad_accum {settings.grad_accum}: "

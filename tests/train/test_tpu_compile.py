@@ -73,6 +73,10 @@ def test_a_batch_the_mesh_cannot_split_is_refused_with_a_layout_that_would():
     # ... and that layout is accepted.
     assert resolve_mesh(dataclasses.replace(settings, mesh_shape=(1, 16, 4)), EIGHT_B,
                         slice_64) == (1, 16, 4)
+    # configs/qwen3_4b.py accumulates two micro-batches (sized for 8 chips): on 16, one.
+    with pytest.raises(ValueError, match=r"8 rows per micro-batch.*--config.train.grad_accum=1, "
+                                         r"or --config.mesh.shape='\(1, 8, 2\)'"):
+        resolve_mesh(dataclasses.replace(settings, grad_accum=2), EIGHT_B, tpu_slice("v5p:2x2x4"))
     with pytest.raises(ValueError, match=r"does not cover the 16 devices of v5p:2x2x4.*"
                                          r"mesh.shape='\(1, 16, 1\)'"):
         resolve_mesh(dataclasses.replace(settings, mesh_shape=(2, 4, 1)), EIGHT_B,
