@@ -26,7 +26,7 @@ from tests.conftest import SUBPROCESS_XLA_FLAGS
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 40
+STEPS = 20
 # A small, fast variant of configs/local.py.
 OVERRIDES = [
     "--config.model.hidden_size=32", "--config.model.intermediate_size=64",

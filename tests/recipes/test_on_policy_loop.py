@@ -91,28 +91,10 @@ def test_opd_iteration_trains_reverse_kl_on_teacher_scored_student_tokens(
     assert (tmp_path / "w" / "exports" / "iter_001" / "config.json").exists()
 
 
-def test_grpo_iteration_trains_the_clipped_group_objective(
+def test_grpo_iteration_from_imported_weights_trains_the_clipped_group_objective(
         tmp_path, tokenizer_dir, bwrap_backend):
-    done = run_loop("grpo", tmp_path / "w", tokenizer_dir)
-    assert done.returncode == 0, done.stderr[-4000:]
-    objective, metrics = trained(done.stderr)
-    assert objective == "group_advantage"
-    assert all(np.isfinite(v) for v in metrics.values()), metrics
-    assert metrics["target_tokens"] > 0 and {"ratio", "clip_fraction"} <= set(metrics)
-    # An untrained student resolves nothing: one group of equal rewards, advantage 0, so the
-    # weights never move and the trainer's log-probs of the sampled tokens must be the
-    # sampler's (ratio 1; it would be about 512 / 1024 if the trainer normalised over the
-    # padded ids the sampler never samples).
-    assert metrics["grad_norm"] == 0.0 and abs(metrics["ratio"] - 1.0) < 1e-3, metrics
-    records = list(EpisodeSource(iteration_dir(tmp_path / "w", 1)))
-    assert len(records) == 4  # group_size episodes of the task
-    assert all(t.executor == "student" and t.sample_logprobs for r in records for t in r.turns)
-
-
-
-def test_a_loop_starts_from_weights_imported_with_import_hf(tmp_path, tokenizer_dir, bwrap_backend):
-    """The paper-scale path: tools/import_hf.py writes checkpoint 0, then the loop runs from it
-    (its iteration-0 export is the imported model, not a fresh initialisation)."""
+    """GRPO's iteration, started as at paper scale: tools/import_hf.py writes checkpoint 0 and
+    the loop runs from it (its iteration-0 export is the imported model, not a fresh one)."""
     from safetensors.numpy import load_file
     config = Qwen3Config(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=16,
@@ -125,7 +107,7 @@ def test_a_loop_starts_from_weights_imported_with_import_hf(tmp_path, tokenizer_
                                f"--workdir={workdir}"], cwd=ROOT, env=env(), capture_output=True,
                               text=True, timeout=300)
     assert imported.returncode == 0, imported.stderr[-3000:]
-    done = run_loop("sft", workdir, tokenizer_dir)
+    done = run_loop("grpo", workdir, tokenizer_dir)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "resuming from" in done.stderr and "step 0 (params only" in done.stderr
     base = load_file(str(source / "model.safetensors"))
@@ -133,10 +115,22 @@ def test_a_loop_starts_from_weights_imported_with_import_hf(tmp_path, tokenizer_
     assert base.keys() == start.keys()
     for name in base:
         np.testing.assert_array_equal(start[name], base[name], err_msg=name)
+
+    objective, metrics = trained(done.stderr)
+    assert objective == "group_advantage"
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert metrics["target_tokens"] > 0 and {"ratio", "clip_fraction"} <= set(metrics)
+    # An untrained student resolves nothing: one group of equal rewards, advantage 0, so the
+    # weights never move and the trainer's log-probs of the sampled tokens must be the
+    # sampler's (ratio 1; it would be about 512 / 1024 if the trainer normalised over the
+    # padded ids the sampler never samples).
+    assert metrics["grad_norm"] == 0.0 and abs(metrics["ratio"] - 1.0) < 1e-3, metrics
+    records = list(EpisodeSource(iteration_dir(workdir, 1)))
+    assert len(records) == 4  # group_size episodes of the task
+    assert all(t.executor == "student" and t.sample_logprobs for r in records for t in r.turns)
     assert (workdir / "exports" / "iter_001" / "config.json").exists()
     # Not evaluated (eval.enabled=False, as for iterations before eval.from_iteration): the
     # iteration's row still says what it collected and trained.
     [row] = json.loads((workdir / "state.json").read_text())["history"]
     assert "resolve_rate" not in row and not (workdir / "eval").exists()
     assert row["iteration"] == 1 and row["train_steps"] > 0
-    assert row["labelled_turns"] == row["trained_labels"] > 0, row
