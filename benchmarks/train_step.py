@@ -7,8 +7,8 @@ noisy machine even when the absolute numbers drift:
 
 1. the matmul peak of this CPU: fp32 `jnp.dot` under jit (and `torch.mm`, for reference), best
    of several repeats over a couple of sizes, FLOP/s = 2 n^3 / time;
-2. for each model config, the median step time of our train step (`make_train_step` jitted on a
-   single-device mesh, compile and warmup excluded) and of the same model in `transformers`
+2. for each model config, the median step time of our train step (the trainer's own,
+   `train/step_program.py`, on a single-device mesh, compile and warmup excluded) and of the same model in `transformers`
    (Qwen3ForCausalLM fp32, loss from labels, backward, clip_grad_norm_, AdamW step, zero_grad).
    The two frameworks' steps alternate (jax, torch, jax, torch, ...) so both see the same noise.
 
@@ -52,13 +52,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dagger_jax.config_base import load_config_file  # noqa: E402
-from dagger_jax.models.attention import AttentionSpec  # noqa: E402
 from dagger_jax.models.config import Qwen3Config  # noqa: E402
-from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, params_shape  # noqa: E402
-from dagger_jax.models.sharding import QWEN3_RULES, batch_sharding, make_mesh  # noqa: E402
-from dagger_jax.train.optimizer import make_optimizer  # noqa: E402
-from dagger_jax.train.train_step import (BATCH_KEYS, TrainState, jit_init_state,  # noqa: E402
-                                         jit_train_step, make_train_step, state_shardings)
+from dagger_jax.models.qwen3 import init_params  # noqa: E402
+from dagger_jax.models.sharding import QWEN3_RULES, batch_sharding  # noqa: E402
+from dagger_jax.train.settings import TrainSettings  # noqa: E402
+from dagger_jax.train.step_program import build_step_program  # noqa: E402
 
 FLOPS_FORMULA = ("model FLOPs/token = 6*N + 12*L*H_q*head_dim*T  (N = matmul weights: "
                  "q,k,v,o,gate,up,down per layer + LM head; T = seq len; no remat counted)")
@@ -172,23 +170,22 @@ def make_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) ->
 
 def jax_train_runner(case: BenchCase, train_config: Any, loss_chunk: int = 256,
                      seed: int = 0) -> Callable[[], float]:
-    """Our jitted train step on a one-device mesh (its first call compiles)."""
-    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
-    splash = case.attention_impl == "splash"
-    model = Qwen3ForCausalLM(case.model, attention=AttentionSpec(
-        case.attention_impl, case.attention_block,
-        interpret=splash and jax.devices()[0].platform != "tpu"))
-    optimizer, schedule = make_optimizer(train_config)
-    abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
-                              params_shape(case.model))
-    shardings = state_shardings(mesh, QWEN3_RULES, abstract)
-    params = jax.device_put(init_params(case.model, jax.random.key(seed)), shardings.params)
-    holder = {"state": jit_init_state(optimizer, shardings)(params)}
+    """Our train step as the trainer builds it (train/step_program.py), on a one-device mesh
+    (its first call compiles)."""
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    settings = TrainSettings(**{
+        **{k: v for k, v in train_config.items() if k in fields},
+        "seed": seed, "batch_size": case.batch_size, "seq_len": case.seq_len, "grad_accum": 1,
+        "loss_chunk": loss_chunk, "objective": "one", "round_schedule": "",
+        "attention_impl": case.attention_impl, "attention_block": case.attention_block,
+        "mesh_shape": (1, 1, 1), "partition_rules": QWEN3_RULES})
+    program = build_step_program(settings, case.model, jax.devices()[:1])
+    params = jax.device_put(init_params(case.model, jax.random.key(seed)), program.shardings.params)
+    holder = {"state": program.init_state(params)}
     del params
-    step_fn = jit_train_step(make_train_step(model, optimizer, schedule, grad_accum=1,
-                                             loss_chunk=loss_chunk), mesh, shardings)
+    step_fn = program.step
     batch = make_batch(case.model.vocab_size, case.batch_size, case.seq_len, seed)
-    batch = {k: jax.device_put(batch[k], batch_sharding(mesh)) for k in BATCH_KEYS}
+    batch = {k: jax.device_put(batch[k], batch_sharding(program.mesh)) for k in program.batch_keys}
 
     def one_step() -> float:
         holder["state"], metrics = step_fn(holder["state"], batch)  # state is donated
