@@ -28,9 +28,9 @@ QWEN3_RULES: tuple[tuple[str, tuple], ...] = (
 )
 
 
-def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh; one entry of `shape` may be -1 to take the remaining devices."""
-    devices = list(devices if devices is not None else jax.devices())
+def resolve_mesh_shape(shape: Sequence[int], count: int) -> tuple[int, ...]:
+    """`shape` over `count` devices with its one -1 entry (if any) filled in; a ValueError if it
+    does not cover exactly that many."""
     shape = list(shape)
     if len(shape) != len(MESH_AXES):
         raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
@@ -38,12 +38,19 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
         raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
-        if len(devices) % known:
-            raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
-        shape[shape.index(-1)] = len(devices) // known
-    if math.prod(shape) != len(devices):
+        if count % known:
+            raise ValueError(f"mesh shape {shape} does not divide {count} devices")
+        shape[shape.index(-1)] = count // known
+    if math.prod(shape) != count or min(shape) < 1:
         raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, "
-                         f"{len(devices)} are available")
+                         f"{count} are available")
+    return tuple(shape)
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one entry of `shape` may be -1 to take the remaining devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = list(resolve_mesh_shape(shape, len(devices)))
     try:
         from jax.experimental import mesh_utils
         grid = mesh_utils.create_device_mesh(shape, devices=devices)

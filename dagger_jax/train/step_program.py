@@ -1,7 +1,7 @@
 """The train step as the trainer runs it, built for a mesh of given devices.
 
 One function builds it for both of its users: the Trainer (the run's own devices) and the
-ahead-of-time compile for a TPU topology (train/aot.py, on the topology's device descriptions,
+ahead-of-time compile for a TPU topology (train/tpu_compile.py, on the topology's device descriptions,
 from a CPU-only host). What one compiles is what the other runs.
 """
 

@@ -24,7 +24,7 @@ import jax
 from dagger_jax.accelerators import tpu_chips_present
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.train.flop_count import matmul_flops
-from dagger_jax.models.sharding import MESH_AXES, BATCH_AXES
+from dagger_jax.models.sharding import BATCH_AXES, MESH_AXES, resolve_mesh_shape
 from dagger_jax.train.settings import TrainSettings
 from dagger_jax.train.step_program import build_step_program
 
@@ -120,17 +120,16 @@ def resolve_mesh(settings: TrainSettings, model: Qwen3Config, where: Slice) -> t
     """The mesh shape the config asks for on this slice, or a ValueError naming one that works."""
     devices = len(where.devices)
     micro_rows = settings.batch_size // settings.grad_accum
-    shape = list(settings.mesh_shape)
-    if shape.count(-1) == 1 and devices % math.prod(s for s in shape if s != -1) == 0:
-        shape[shape.index(-1)] = devices // math.prod(s for s in shape if s != -1)
     good = suggest_mesh(devices, micro_rows, model)
     hint = (f"--config.mesh.shape='{good}'" if good else
             f"--config.train.batch_size={devices * settings.grad_accum} (a multiple of the "
             f"{devices} devices per micro-batch)")
-    if len(shape) != len(MESH_AXES) or math.prod(shape) != devices or min(shape) < 1:
+    try:
+        shape = resolve_mesh_shape(settings.mesh_shape, devices)
+    except ValueError:
         raise ValueError(f"config.mesh.shape={tuple(settings.mesh_shape)} does not cover the "
                          f"{devices} devices of {where.name} ({MESH_AXES}); a shape that would: "
-                         f"{hint}")
+                         f"{hint}") from None
     axes = dict(zip(MESH_AXES, shape))
     split = math.prod(axes[a] for a in BATCH_AXES)
     fewer = [k for k in _divisors(settings.grad_accum)

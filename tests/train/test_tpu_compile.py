@@ -38,13 +38,17 @@ def compile_tool(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def tiny_compile(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
-    out = tmp_path_factory.mktemp("compile") / "report.json"
+def compile_tiny(out: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """The tiny config (with `overrides`) compiled for v5e:2x2: the tool's output and report."""
     result = compile_tool("--config", "configs/local.py:dagger", "--topology", "v5e:2x2",
-                          "--out", str(out), *TINY)
+                          "--out", str(out), *TINY, *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     return result, json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_compile(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    return compile_tiny(tmp_path_factory.mktemp("compile") / "report.json")
 
 
 def test_the_tiny_config_compiles_for_v5e_2x2_and_reports_what_it_needs(tiny_compile):
@@ -126,25 +130,17 @@ def test_cpu_runs_print_no_tpu_start_up_messages_with_libtpu_installed():
 
 
 def test_the_splash_kernel_lowers_for_tpu_inside_the_train_step(tmp_path):
-    out = tmp_path / "report.json"
     # head_dim 128: the TPU kernel's lane width (Qwen3's own head size).
-    result = compile_tool("--config", "configs/local.py:dagger", "--topology", "v5e:2x2",
-                          "--out", str(out), *TINY, "--config.model.head_dim=128",
-                          "--config.attention_impl=splash")
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    _, report = compile_tiny(tmp_path / "report.json", "--config.model.head_dim=128",
+                             "--config.attention_impl=splash")
     # Compiled by Mosaic for the TPU, not in interpret mode.
     assert report["attention"] == "pallas_splash" and report["fits"]
 
 
 def test_the_memory_levers_compile_for_tpu(tmp_path, tiny_compile):
     """Host offload of the saved activations and a bfloat16 first moment, on the tiny config."""
-    out = tmp_path / "report.json"
-    result = compile_tool("--config", "configs/local.py:dagger", "--topology", "v5e:2x2",
-                          "--out", str(out), *TINY, "--config.remat=offload",
-                          "--config.train.moment_dtype=bfloat16")
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    _, report = compile_tiny(tmp_path / "report.json", "--config.remat=offload",
+                             "--config.train.moment_dtype=bfloat16")
     assert report["remat"] == "offload" and report["fits"]
     # The train state's first moment is bfloat16: its arguments are smaller than in float32.
     _, plain = tiny_compile
