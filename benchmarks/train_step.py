@@ -178,7 +178,7 @@ def jax_train_runner(case: BenchCase, train_config: Any, loss_chunk: int = 256,
         "seed": seed, "batch_size": case.batch_size, "seq_len": case.seq_len, "grad_accum": 1,
         "loss_chunk": loss_chunk, "objective": "one", "round_schedule": "",
         "attention_impl": case.attention_impl, "attention_block": case.attention_block,
-        "mesh_shape": (1, 1, 1), "partition_rules": QWEN3_RULES})
+        "mesh_shape": (1, 1, 1, 1), "partition_rules": QWEN3_RULES})
     program = build_step_program(settings, case.model, jax.devices()[:1])
     params = jax.device_put(init_params(case.model, jax.random.key(seed)), program.shardings.params)
     holder = {"state": program.init_state(params)}

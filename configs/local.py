@@ -15,7 +15,7 @@ def get_config(arg: str | None = None):
         rope_theta=10_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
         attention_bias=False, max_position_embeddings=4096,
     ))
-    c.mesh.shape = (1, -1, 1)
+    c.mesh.shape = (1, -1, 1, 1)
     c.attention_block = 64  # 2x faster than dense scores at seq 512 on CPU (benchmarks/)
     c.train.update(dict(steps=60, batch_size=8, seq_len=512, lr=3e-3, warmup_steps=10,
                         log_every=10, checkpoint_every=20))

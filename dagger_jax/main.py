@@ -27,6 +27,7 @@ from dagger_jax.envs.tasks.sets import TaskSets, load_task_sets
 from dagger_jax.envs.tasks.task import write_tasks
 from dagger_jax.log_filters import quiet_library_logs
 from dagger_jax.models.hf_export import export_hf
+from dagger_jax.models.sharding import RowBlock
 from dagger_jax.recipes.loop import Loop, LoopParts
 from dagger_jax.settings import RunSettings, read_settings
 from dagger_jax.storage import layout
@@ -71,12 +72,13 @@ def prepare_tokenizer(workdir: Path, source_dir: str = "", vocab_size: int = 102
     return target
 
 
-def fixed_data(settings: RunSettings) -> TrajectoryPipeline:
+def fixed_data(settings: RunSettings, row_block: RowBlock) -> TrajectoryPipeline:
     """The plain job's data: every episode of config.data.dirs, cross-entropy on its labels (as
-    the loop's SFT trains), this process's rows of each global batch."""
+    the loop's SFT trains), this process's rows of each global batch (Trainer.row_block)."""
     t = settings.train
     return TrajectoryPipeline(list(settings.data_dirs), seq_len=t.seq_len, batch_size=t.batch_size,
-                              seed=t.seed, weighting="one")
+                              seed=t.seed, weighting="one", process_index=row_block.index,
+                              process_count=row_block.count)
 
 
 def run(config: Any, workdir: str | Path) -> Path | None:
@@ -96,7 +98,7 @@ def run(config: Any, workdir: str | Path) -> Path | None:
                                                           tokenizer_dir)).run()
         print_history(config.loop.recipe, history)
         return layout.export_dir(workdir)
-    state = trainer.fit(fixed_data(settings).batch_fn(), local_batches=True)
+    state = trainer.fit(fixed_data(settings, trainer.row_block).batch_fn(), local_batches=True)
     if not settings.export.at_end:
         return None
     out = export(state.params, layout.export_dir(workdir))

@@ -51,7 +51,7 @@ def env() -> dict:
 def final_params(workdir: Path):
     checkpointer = Checkpointer(workdir / "checkpoints")
     config = Qwen3Config.from_dict(checkpointer.meta()["model_config"])
-    target = abstract_sharded_params(params_shape(config), make_mesh((1, 1, 1), jax.devices()[:1]))
+    target = abstract_sharded_params(params_shape(config), make_mesh((1, 1, 1, 1), jax.devices()[:1]))
     step, params, _ = checkpointer.restore(None, config, target, None)
     return step, jax.device_get(params)
 

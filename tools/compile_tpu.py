@@ -34,7 +34,8 @@ GiB = 1024**3
 
 def summary(report: dict) -> list[str]:
     lines = [f"{report['topology']}: {report['chips']} chips, {report['devices']} devices, "
-             f"{report['hosts']} hosts, mesh {report['mesh']}",
+             f"{report['hosts']} hosts, mesh {report['mesh']}, the hosts feed "
+             f"{report['row_blocks']} blocks of rows",
              f"batch {report['batch']['rows']} x {report['batch']['seq_len']}, "
              f"{report['dtype']} compute / {report['param_dtype']} params, remat "
              f"{report['remat']}, attention {report['attention']}"]

@@ -26,7 +26,7 @@ def export_checkpoint(workdir: Path, out: Path, step: int | None = None, dtype: 
     checkpointer = Checkpointer(layout.checkpoints_dir(workdir), max_to_keep=None)
     meta = checkpointer.meta(step)
     config = Qwen3Config.from_dict(meta["model_config"], where=f"checkpoint meta of {workdir}")
-    target = abstract_sharded_params(params_shape(config), make_mesh((1, -1, 1)))
+    target = abstract_sharded_params(params_shape(config), make_mesh((1, -1, 1, 1)))
     step, params, _ = checkpointer.restore(meta["step"] if step is None else step, config, target, None)
     tokenizer = layout.tokenizer_dir(workdir) if layout.has_tokenizer(workdir) else None
     if tokenizer is None:

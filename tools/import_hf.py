@@ -30,10 +30,10 @@ def parse_mesh(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--mesh {text!r}: expected three ints like 1,-1,1") from None
+        raise argparse.ArgumentTypeError(f"--mesh {text!r}: expected four ints (data,fsdp,sequence,tensor) like 1,-1,1,1") from None
 
 
-def import_hf(hf_dir: Path, workdir: Path, mesh_shape: tuple[int, ...] = (1, -1, 1)) -> Path:
+def import_hf(hf_dir: Path, workdir: Path, mesh_shape: tuple[int, ...] = (1, -1, 1, 1)) -> Path:
     config = Qwen3Config.from_hf_dir(hf_dir)
     checkpointer = Checkpointer(layout.checkpoints_dir(workdir))
     if checkpointer.all_steps():
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hf-dir", type=Path, required=True, help="Hugging Face Qwen3 directory")
     parser.add_argument("--workdir", type=Path, required=True, help="run directory to create")
-    parser.add_argument("--mesh", type=parse_mesh, default=(1, -1, 1), help="data,fsdp,tensor")
+    parser.add_argument("--mesh", type=parse_mesh, default=(1, -1, 1, 1), help="data,fsdp,sequence,tensor")
     args = parser.parse_args(argv)
     quiet_library_logs()
     try:

@@ -129,7 +129,8 @@ class TrajectoryPipeline:
     """Fixed-shape training batches from the episodes in dirs (all iterations so far).
 
     batch_size is the global number of rows per step; this process gets batch_size /
-    process_count of them (process_index / process_count default to jax's). max_len (default
+    process_count of them, block process_index (the trainer's row_block: processes that share
+    rows load the same block; default jax's process index and count). max_len (default
     seq_len) bounds an example's length: longer ones are dropped and counted (stats.dropped).
     weighting / success_filter are the recipe's (module doc); episodes_filtered counts the
     unresolved episodes the success filter left out.

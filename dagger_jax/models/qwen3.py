@@ -191,6 +191,11 @@ class Qwen3ForCausalLM(nn.Module):
     param_dtype: Any = jnp.float32
     remat: str = "none"
     attention: AttentionSpec = AttentionSpec()  # how training attention runs (models/attention.py)
+    # Training under a mesh: where [rows, tokens, ...] activations live (sharding.batch_sharding).
+    # The embedding table is split along its hidden dimension, so its lookup comes out split
+    # the same way; left to itself XLA moves that to rows x tokens through a replicated copy
+    # of the whole batch's activations (two of 8 GiB per chip for 16 x 64K x 4096 in bf16).
+    activation_sharding: Any = None
 
     @nn.compact
     def __call__(self, input_ids: Array, positions: Array | None = None,
@@ -207,6 +212,8 @@ class Qwen3ForCausalLM(nn.Module):
 
         embedding = self.param("embed_tokens", _DENSE_INIT, (cfg.vocab_size, cfg.hidden_size), param_dtype)
         x = jnp.take(embedding, input_ids, axis=0).astype(dtype)
+        if self.activation_sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, self.activation_sharding)
         cos, sin = rope_tables(positions, cfg)
 
         layer = DecoderLayer

@@ -1,7 +1,16 @@
-"""The device mesh (data, fsdp, tensor) and partition rules as data: regex on path -> spec."""
+"""The device mesh (data, fsdp, sequence, tensor) and partition rules as data: regex on path ->
+spec.
+
+Rows of a batch split over (data, fsdp); the tokens of each row over `sequence` (context
+parallelism: a 64K row's activations spread over several chips, attention gathering keys and
+values, models/attention.py); heads and MLP columns over `tensor`. Parameters and optimizer
+state are FSDP-sharded over (fsdp, sequence): the sequence shards each hold part of the weights
+as FSDP shards do, and gather them per layer the same way, so adding sequence parallelism does
+not replicate the model."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -11,16 +20,18 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 BATCH_AXES = ("data", "fsdp")
+SEQUENCE_AXIS = "sequence"
+FSDP = ("fsdp", "sequence")  # the axes a parameter's FSDP dimension is split over
 
 # First match wins. Paths are "/"-joined parameter paths; optimizer states (mu, nu) contain the
 # parameter path, so they shard like their parameter. Stacked layer params lead with [layers].
 QWEN3_RULES: tuple[tuple[str, tuple], ...] = (
-    (r"embed_tokens$", ("tensor", "fsdp")),
-    (r"lm_head$", ("fsdp", "tensor")),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", (None, "fsdp", "tensor")),
-    (r"(o_proj|down_proj)/kernel$", (None, "tensor", "fsdp")),
+    (r"embed_tokens$", ("tensor", FSDP)),
+    (r"lm_head$", (FSDP, "tensor")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", (None, FSDP, "tensor")),
+    (r"(o_proj|down_proj)/kernel$", (None, "tensor", FSDP)),
     (r"(q_proj|k_proj|v_proj)/bias$", (None, "tensor")),
     (r"(q_norm|k_norm|layernorm|norm)/scale$", ()),
     (r"o_proj/bias$", ()),
@@ -33,7 +44,8 @@ def resolve_mesh_shape(shape: Sequence[int], count: int) -> tuple[int, ...]:
     does not cover exactly that many."""
     shape = list(shape)
     if len(shape) != len(MESH_AXES):
-        raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
+        raise ValueError(f"mesh shape {tuple(shape)} must have {len(MESH_AXES)} entries "
+                         f"{MESH_AXES}, e.g. (1, -1, 1, 1) for FSDP over every device")
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
     if -1 in shape:
@@ -48,7 +60,8 @@ def resolve_mesh_shape(shape: Sequence[int], count: int) -> tuple[int, ...]:
 
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh; one entry of `shape` may be -1 to take the remaining devices."""
+    """A (data, fsdp, sequence, tensor) mesh; one entry of `shape` may be -1 to take the
+    remaining devices."""
     devices = list(devices if devices is not None else jax.devices())
     shape = list(resolve_mesh_shape(shape, len(devices)))
     try:
@@ -104,8 +117,37 @@ def named_shardings(mesh: Mesh, specs: Any) -> Any:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Examples split over the data and fsdp axes; sequence positions kept whole."""
-    return NamedSharding(mesh, P(BATCH_AXES, None))
+    """[rows, tokens] arrays: rows split over the data and fsdp axes, tokens over sequence."""
+    return NamedSharding(mesh, P(BATCH_AXES, SEQUENCE_AXIS))
+
+
+@dataclasses.dataclass(frozen=True)
+class RowBlock:
+    """The rows of every global batch that one process feeds: the batch shards its devices
+    hold (`shards`, ascending, of `of`; a shard is rows / `of` consecutive rows), block `index`
+    of the `count` distinct blocks. A process's shards need not be consecutive (mesh_utils
+    orders devices for the interconnect, not by host). Processes share a block when a row's
+    (sequence, tensor) group spans hosts; each of them feeds the same rows."""
+    index: int
+    count: int
+    shards: tuple[int, ...]
+    of: int
+
+
+def row_block(mesh: Mesh, process: int | None = None) -> RowBlock:
+    """`process`'s (default: this one's) RowBlock on `mesh`; a ValueError if the processes'
+    shards overlap without being equal, which no feed of whole blocks could serve."""
+    of = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    held: dict[int, set[int]] = {}
+    indices = batch_sharding(mesh).devices_indices_map((of, mesh.shape[SEQUENCE_AXIS]))
+    for device, index in indices.items():
+        held.setdefault(device.process_index, set()).update(range(*index[0].indices(of)))
+    blocks = sorted({tuple(sorted(shards)) for shards in held.values()})
+    if sum(map(len, blocks)) != of:
+        raise ValueError(f"mesh {dict(mesh.shape)}: processes hold overlapping but different "
+                         f"batch shards {blocks}; choose another config.mesh.shape")
+    mine = tuple(sorted(held[jax.process_index() if process is None else process]))
+    return RowBlock(blocks.index(mine), len(blocks), mine, of)
 
 
 def abstract_sharded_params(params_shape: Any, mesh: Mesh,

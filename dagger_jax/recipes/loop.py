@@ -219,7 +219,9 @@ class Loop:
             else None
         return TrajectoryPipeline(dirs, seq_len=t.seq_len, batch_size=t.batch_size,
                                   seed=self.settings.seed + 1000 * i, weighting=self.recipe.weight,
-                                  success_filter=self.recipe.success_filter, label_caps=caps)
+                                  success_filter=self.recipe.success_filter, label_caps=caps,
+                                  process_index=self.trainer.row_block.index,
+                                  process_count=self.trainer.row_block.count)
 
     def _train(self, i: int) -> None:
         passes = [(self._pipeline(i, new_only=new_only), epochs)

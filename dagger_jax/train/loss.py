@@ -58,8 +58,13 @@ def chunked_cross_entropy(hidden: Array, w_out: Array, targets: Array, loss_mask
 def chunked_token_loss(hidden: Array, w_out: Array, targets: Array, loss_mask: Array,
                        chunk_size: int, *, objective: str = "one",
                        loss_weights: Array | None = None, old_logprobs: Array | None = None,
-                       clip_eps: float = 0.2, vocab_limit: int = 0) -> dict[str, Array]:
+                       clip_eps: float = 0.2, vocab_limit: int = 0,
+                       seq_shards: int = 1) -> dict[str, Array]:
     """The objective's sums over one micro-batch (module doc), walking the sequence in chunks.
+
+    seq_shards: how many ways the mesh splits each row's tokens (its `sequence` axis). Each
+    scan step then takes one chunk from every shard at once, so the scan never walks across a
+    split axis (which would gather every row whole on each device).
 
     Returns {"loss": what is differentiated, "count": sum of the mask, "correct": masked argmax
     hits, "nll": masked NLL} and per objective: reverse_kl "weight" (sum m w: minus it over the
@@ -73,8 +78,11 @@ def chunked_token_loss(hidden: Array, w_out: Array, targets: Array, loss_mask: A
     if objective == "group_advantage" and old_logprobs is None:
         raise ValueError("objective 'group_advantage' needs old_logprobs")
     batch, seq, width = hidden.shape
-    chunk = min(chunk_size, seq)
-    pad = (-seq) % chunk
+    if seq % seq_shards:
+        raise ValueError(f"rows of {seq} tokens cannot be split over {seq_shards} sequence shards")
+    local = seq // seq_shards
+    chunk = min(chunk_size, local)
+    pad = (-local) % chunk
     mask = loss_mask.astype(jnp.float32)
     # The per-token extras ride along the scan next to the targets (pads carry mask 0).
     extras = []
@@ -85,19 +93,21 @@ def chunked_token_loss(hidden: Array, w_out: Array, targets: Array, loss_mask: A
     elif objective == "group_advantage":
         extras = [jax.lax.stop_gradient(loss_weights.astype(jnp.float32)),
                   jax.lax.stop_gradient(old_logprobs.astype(jnp.float32))]
-    if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
-        mask = jnp.pad(mask, ((0, 0), (0, pad)))
-        extras = [jnp.pad(x, ((0, 0), (0, pad))) for x in extras]
-    n = (seq + pad) // chunk
-    # [chunks, batch, chunk, ...] so the scan walks the sequence axis.
-    to_chunks = lambda x: x.reshape(batch, n, chunk, *x.shape[2:]).swapaxes(0, 1)  # noqa: E731
+    n = (local + pad) // chunk
+
+    def to_chunks(x: Array) -> Array:
+        """[batch, seq, ...] -> [chunks, batch, shards, chunk, ...]: the scan walks each shard's
+        tokens (padded at each shard's end; pads carry mask 0)."""
+        x = x.reshape(batch, seq_shards, local, *x.shape[2:])
+        if pad:
+            x = jnp.pad(x, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 3))
+        return jnp.moveaxis(x.reshape(batch, seq_shards, n, chunk, *x.shape[3:]), 2, 0)
+
     w_out = w_out.astype(hidden.dtype)
 
     @jax.checkpoint
     def chunk_sums(h: Array, t: Array, m: Array, *more: Array) -> tuple[Array, ...]:
-        logits = jnp.einsum("bch,hv->bcv", h, w_out, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("...h,hv->...v", h, w_out, preferred_element_type=jnp.float32)
         if objective != "one" and 0 < vocab_limit < logits.shape[-1]:
             logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
         target_logit = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]

@@ -46,7 +46,7 @@ class TrainSettings:
     attention_impl: str = "xla"
     attention_block: int = 0
     platform: str = ""             # the devices required ("" any, "tpu")
-    mesh_shape: tuple[int, ...] = (1, -1, 1)
+    mesh_shape: tuple[int, ...] = (1, -1, 1, 1)
     partition_rules: tuple[tuple[str, Any], ...] = ()
     progress: bool = True
 

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from dagger_jax.models.attention import AttentionSpec
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, params_shape
-from dagger_jax.models.sharding import batch_sharding, make_mesh
+from dagger_jax.models.sharding import SEQUENCE_AXIS, batch_sharding, make_mesh
 from dagger_jax.names import FLOAT_KEYS
 from dagger_jax.train.optimizer import make_optimizer
 from dagger_jax.train.settings import TrainSettings
@@ -75,7 +75,8 @@ def build_step_program(settings: TrainSettings, model_config: Qwen3Config,
     attention = AttentionSpec(s.attention_impl, s.attention_block, mesh if splash else None,
                               interpret=splash and devices[0].platform != "tpu")
     model = Qwen3ForCausalLM(model_config, dtype=s.dtype, param_dtype=s.param_dtype,
-                             remat=s.remat, attention=attention)
+                             remat=s.remat, attention=attention,
+                             activation_sharding=batch_sharding(mesh))
     optimizer, schedule = make_optimizer(s)
     abstract_params = params_shape(model_config, jnp.dtype(s.param_dtype))
     abstract_state = jax.eval_shape(
@@ -84,7 +85,7 @@ def build_step_program(settings: TrainSettings, model_config: Qwen3Config,
     keys = batch_keys(s.objective)
     step = make_train_step(model, optimizer, schedule, s.grad_accum, s.loss_chunk,
                            objective=s.objective, clip_eps=s.clip_eps, vocab_limit=s.vocab_limit,
-                           loss_tokens=s.loss_tokens)
+                           loss_tokens=s.loss_tokens, seq_shards=mesh.shape[SEQUENCE_AXIS])
     return StepProgram(mesh=mesh, model=model, optimizer=optimizer, schedule=schedule,
                        abstract_state=abstract_state, shardings=shardings, batch_keys=keys,
                        step=jit_train_step(step, mesh, shardings, keys),

@@ -22,9 +22,10 @@ from typing import Any
 import jax
 
 from dagger_jax.accelerators import tpu_chips_present
+from dagger_jax.models.attention import splash_block
 from dagger_jax.models.config import Qwen3Config
+from dagger_jax.models.sharding import BATCH_AXES, MESH_AXES, resolve_mesh_shape, row_block
 from dagger_jax.train.flop_count import matmul_flops
-from dagger_jax.models.sharding import BATCH_AXES, MESH_AXES, resolve_mesh_shape
 from dagger_jax.train.settings import TrainSettings
 from dagger_jax.train.step_program import build_step_program
 
@@ -106,21 +107,35 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def suggest_mesh(devices: int, micro_rows: int, model: Qwen3Config) -> tuple[int, int, int] | None:
-    """A (data, fsdp, tensor) mesh over `devices` that splits `micro_rows` rows: as much FSDP as
-    the rows allow, the rest tensor parallel (which must divide the key/value heads)."""
+def _whole_blocks(seq_len: int, shards: int) -> bool:
+    try:
+        return seq_len % shards == 0 and splash_block(seq_len // shards) > 0
+    except ValueError:
+        return False
+
+
+def suggest_mesh(devices: int, micro_rows: int, seq_len: int,
+                 model: Qwen3Config) -> tuple[int, int, int, int] | None:
+    """A (data, fsdp, sequence, tensor) mesh over `devices` that splits `micro_rows` rows: as
+    much FSDP as the rows allow, the rest over each row's tokens (sequence: its shards must be
+    whole splash blocks) and then heads (tensor: it must divide the key/value heads)."""
     for fsdp in sorted(_divisors(devices), reverse=True):
-        tensor = devices // fsdp
-        if micro_rows % fsdp == 0 and model.num_key_value_heads % tensor == 0:
-            return (1, fsdp, tensor)
+        if micro_rows % fsdp:
+            continue
+        rest = devices // fsdp
+        for tensor in _divisors(rest):
+            sequence = rest // tensor
+            if model.num_key_value_heads % tensor == 0 and _whole_blocks(seq_len, sequence):
+                return (1, fsdp, sequence, tensor)
     return None
 
 
-def resolve_mesh(settings: TrainSettings, model: Qwen3Config, where: Slice) -> tuple[int, int, int]:
+def resolve_mesh(settings: TrainSettings, model: Qwen3Config,
+                 where: Slice) -> tuple[int, int, int, int]:
     """The mesh shape the config asks for on this slice, or a ValueError naming one that works."""
     devices = len(where.devices)
     micro_rows = settings.batch_size // settings.grad_accum
-    good = suggest_mesh(devices, micro_rows, model)
+    good = suggest_mesh(devices, micro_rows, settings.seq_len, model)
     hint = (f"--config.mesh.shape='{good}'" if good else
             f"--config.train.batch_size={devices * settings.grad_accum} (a multiple of the "
             f"{devices} devices per micro-batch)")
@@ -166,12 +181,18 @@ def compile_for_tpu(settings: TrainSettings, model: Qwen3Config, topology: str) 
     mesh_shape = resolve_mesh(settings, model, where)
     settings = dataclasses.replace(settings, mesh_shape=mesh_shape)
     program = build_step_program(settings, model, where.devices)
+    # How the hosts feed the batch (models/sharding.RowBlock): refused here, before the
+    # compile, if no feed of whole blocks could serve the layout.
+    blocks = {row_block(program.mesh, p).index for p in {d.process_index for d in where.devices}}
     rows, seq_len = settings.batch_size, settings.seq_len
     began = time.perf_counter()
     report: dict[str, Any] = {
         "topology": topology, "generation": where.chip.generation, "chips": where.chips,
         "devices": len(where.devices), "hosts": where.hosts,
         "mesh": dict(zip(MESH_AXES, mesh_shape)),
+        # Distinct blocks of rows the hosts feed; hosts / blocks of them feed each block (more
+        # than one when a row's sequence group spans hosts).
+        "row_blocks": len(blocks),
         "batch": {"rows": rows, "seq_len": seq_len, "grad_accum": settings.grad_accum},
         "model": {"hidden_size": model.hidden_size, "layers": model.num_hidden_layers,
                   "vocab_size": model.vocab_size},

@@ -38,7 +38,7 @@ class TrainState:
 
 def objective_sums(model: Qwen3ForCausalLM, params: Any, batch: dict, loss_chunk: int,
                    objective: str = "one", clip_eps: float = 0.2,
-                   vocab_limit: int = 0) -> dict[str, Any]:
+                   vocab_limit: int = 0, seq_shards: int = 1) -> dict[str, Any]:
     """The objective's sums over one micro-batch (train/loss.chunked_token_loss)."""
     hidden = model.apply({"params": params}, batch["input_ids"], batch["positions"],
                          batch["segment_ids"], return_hidden=True)
@@ -46,19 +46,14 @@ def objective_sums(model: Qwen3ForCausalLM, params: Any, batch: dict, loss_chunk
     return chunked_token_loss(hidden, w_out, batch["target_ids"], batch["loss_mask"], loss_chunk,
                               objective=objective, loss_weights=batch.get("loss_weights"),
                               old_logprobs=batch.get("old_logprobs"), clip_eps=clip_eps,
-                              vocab_limit=vocab_limit)
-
-
-def loss_sums(model: Qwen3ForCausalLM, params: Any, batch: dict, loss_chunk: int):
-    """(NLL sum, target-token count, correct count) of one micro-batch."""
-    sums = objective_sums(model, params, batch, loss_chunk)
-    return sums["loss"], sums["count"], sums["correct"]
+                              vocab_limit=vocab_limit, seq_shards=seq_shards)
 
 
 def make_train_step(model: Qwen3ForCausalLM, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, grad_accum: int, loss_chunk: int,
                     objective: str = "one", clip_eps: float = 0.2,
-                    vocab_limit: int = 0, loss_tokens: float = 0.0) -> Callable:
+                    vocab_limit: int = 0, loss_tokens: float = 0.0,
+                    seq_shards: int = 1) -> Callable:
     """Returns step(state, batch) -> (state, metrics); batch holds batch_keys(objective).
 
     The loss is normalised per target token over the whole global batch, for every objective
@@ -76,6 +71,7 @@ def make_train_step(model: Qwen3ForCausalLM, optimizer: optax.GradientTransforma
     of log pi_sampler - log pi_teacher over the scored tokens: a per-token reverse-KL estimate)
     or ratio (mean r_t) and clip_fraction (tokens whose clipped term is the smaller).
     vocab_limit: the on-policy objectives' log-probs over ids below it only (train/loss.py).
+    seq_shards: the mesh's sequence axis (the loss walks each shard's tokens, train/loss.py).
     loss_tokens > 0: the gradient is the summed loss over that fixed number of tokens instead
     of over the batch's own target count, so a batch holding fewer targets (per-turn examples,
     short labels) moves the weights proportionally less, and what one epoch does to the weights
@@ -91,7 +87,8 @@ def make_train_step(model: Qwen3ForCausalLM, optimizer: optax.GradientTransforma
 
     def grads_of(params, micro):
         def loss_fn(p):
-            sums = objective_sums(model, p, micro, loss_chunk, objective, clip_eps, vocab_limit)
+            sums = objective_sums(model, p, micro, loss_chunk, objective, clip_eps, vocab_limit,
+                                  seq_shards)
             loss = sums.pop("loss")
             return loss, sums
         (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -152,7 +149,8 @@ def state_shardings(mesh: Mesh, rules, abstract_state: TrainState) -> TrainState
 def jit_train_step(step_fn: Callable, mesh: Mesh, shardings: TrainState,
                    keys: tuple[str, ...] = BATCH_KEYS) -> Callable:
     """The step under jit: state donated and kept in place, batch (the arrays `keys`, see
-    batch_keys) split over (data, fsdp)."""
+    batch_keys) split as models/sharding.batch_sharding says: rows over (data, fsdp), tokens
+    over sequence."""
     batch_shardings = {k: batch_sharding(mesh) for k in keys}
     replicated = NamedSharding(mesh, P())
     return jax.jit(step_fn, in_shardings=(shardings, batch_shardings),

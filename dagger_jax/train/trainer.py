@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dagger_jax.storage import layout
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import init_params
-from dagger_jax.models.sharding import batch_sharding
+from dagger_jax.models.sharding import batch_sharding, row_block
 from dagger_jax.train.checkpoint import Checkpointer
 from dagger_jax.train.metrics import MetricWriter
 from dagger_jax.train.optimizer import held_rate_sharding, holds_learning_rate, with_learning_rate
@@ -28,28 +28,34 @@ BatchFn = Callable[[int], dict[str, np.ndarray]]
 
 def global_batch(mesh, batch: dict[str, np.ndarray], local: bool = False,
                  keys: tuple[str, ...] = BATCH_KEYS) -> dict[str, jax.Array]:
-    """Places a batch's arrays `keys` on the mesh. By default `batch` is the whole global batch
-    (every process holds it) and each process contributes its contiguous block of rows; with
-    local=True it is already this process's block (a pipeline that reads only its own part,
-    such as the trajectory pipeline), and the global batch has process_count times its rows."""
+    """Places a batch's arrays `keys` on the mesh, each device taking its rows and tokens. By
+    default `batch` is the whole global batch (every process holds it); with local=True it is
+    this process's rows only (its models/sharding.RowBlock, shard after shard: a pipeline that
+    reads only its own part, such as the trajectory pipeline), and the global batch has
+    `count` times its rows."""
     missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(f"the training batch lacks {missing} (it has {sorted(batch)}); the "
                          f"train objective needs {list(keys)}")
     sharding = batch_sharding(mesh)
-    count, index = jax.process_count(), jax.process_index()
+    block = row_block(mesh)
     out = {}
     for key in keys:
         rows = batch[key]
-        if local:
-            out[key] = jax.make_array_from_process_local_data(
-                sharding, rows, (rows.shape[0] * count, *rows.shape[1:]))
+        if not local:
+            out[key] = jax.make_array_from_callback(rows.shape, sharding, lambda i, r=rows: r[i])
             continue
-        if rows.shape[0] % count:
-            raise ValueError(f"batch of {rows.shape[0]} rows does not split over {count} processes")
-        per = rows.shape[0] // count
-        out[key] = jax.make_array_from_process_local_data(sharding, rows[index * per:(index + 1) * per],
-                                                          rows.shape)
+        if rows.shape[0] % len(block.shards):
+            raise ValueError(f"{rows.shape[0]} local rows do not split over this process's "
+                             f"{len(block.shards)} batch shards")
+        per = rows.shape[0] // len(block.shards)
+
+        def shard(index: tuple[slice, ...], rows=rows, per=per) -> np.ndarray:
+            start = index[0].start or 0  # a device holds whole shards: rows [k * per, ...)
+            at = block.shards.index(start // per) * per + start % per
+            size = len(range(*index[0].indices(per * block.of)))
+            return rows[at:at + size][(slice(None), *index[1:])]
+        out[key] = jax.make_array_from_callback((per * block.of, *rows.shape[1:]), sharding, shard)
     return out
 
 
@@ -68,6 +74,8 @@ class Trainer:
         self.batch_keys = program.batch_keys
         self._step, self._init_state = program.step, program.init_state
         self.last_metrics: dict[str, float] = {}  # the last logged step's, for callers to report
+        # The rows of each global batch this process feeds (local_batches).
+        self.row_block = row_block(self.mesh)
 
     def initial_state(self) -> TrainState:
         """The latest checkpoint if there is one (resume), else fresh random params."""

@@ -35,7 +35,7 @@ def _rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
 def _load(hf_dir, mesh=None):
     config = Qwen3Config.from_hf_dir(hf_dir)
     shape = params_shape(config)
-    mesh = mesh or make_mesh((1, 1, 1), jax.devices()[:1])
+    mesh = mesh or make_mesh((1, 1, 1, 1), jax.devices()[:1])
     shardings = named_shardings(mesh, match_partition_rules(QWEN3_RULES, shape, mesh))
     return config, load_hf_params(hf_dir, config, shape, shardings)
 
@@ -88,10 +88,10 @@ def test_bf16_compute_stays_close(tmp_path):
 
 def test_sharded_import_places_params_by_rules(tmp_path):
     hf_model = make_hf_qwen3(tmp_path / "hf")
-    mesh = make_mesh((2, 2, 2))
+    mesh = make_mesh((2, 2, 1, 2))
     config, params = _load(tmp_path / "hf", mesh)
     q = params["layers"]["self_attn"]["q_proj"]["kernel"]
-    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, ("fsdp", "sequence"), "tensor")
     assert q.addressable_shards[0].data.shape == (2, 32, 48)
     tokens = _tokens(config.vocab_size)
     ours = np.asarray(Qwen3ForCausalLM(config).apply({"params": params}, tokens))

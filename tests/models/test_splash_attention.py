@@ -1,6 +1,7 @@
 """The Pallas splash attention path (config.attention_impl=splash) against the XLA reference, in
 Pallas interpret mode on CPU: packed segments with padding, grouped-query heads, forward and
-backward, on one device and split over a (data, fsdp, tensor) mesh; and inside the model."""
+backward, on one device and split over a (data, fsdp, sequence, tensor) mesh; and inside the
+model."""
 
 from __future__ import annotations
 
@@ -51,11 +52,23 @@ def test_splash_equals_the_reference_forward_and_backward(qkv_segments):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4, err_msg=f"d{name}")
 
 
-def test_splash_split_over_rows_and_heads_equals_one_device(qkv_segments):
+def test_splash_split_over_rows_tokens_and_heads_equals_the_reference(qkv_segments):
+    """Rows over fsdp, each row's queries over sequence (keys and values gathered; row 0's
+    second example starts in the first shard and runs into the second), kv heads over tensor."""
     q, k, v, segments = qkv_segments
-    mesh = make_mesh((1, 2, 2), jax.devices()[:4])  # rows over fsdp, kv heads over tensor
-    sharded = jax.jit(lambda *x: splash_attention(*x, mesh=mesh, interpret=True))(q, k, v, segments)
-    np.testing.assert_allclose(sharded, causal_attention(q, k, v, segments), atol=2e-5)
+    mesh = make_mesh((1, 2, 2, 2))
+
+    def sharded(*x):
+        return splash_attention(*x, segments, mesh=mesh, interpret=True)
+    np.testing.assert_allclose(jax.jit(sharded)(q, k, v), causal_attention(q, k, v, segments),
+                               atol=2e-5)
+    grads_reference = squared_output_grads(lambda *x: causal_attention(*x, segments), q, k, v)
+    grads_sharded = jax.jit(lambda *x: squared_output_grads(sharded, *x))(q, k, v)
+    for name, got, want in zip("qkv", grads_sharded, grads_reference):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4, err_msg=f"d{name}")
+    with pytest.raises(ValueError, match=r"multiple of 128.*rows of 256 tokens over 4 sequence"):
+        splash_attention(q, k, v, segments, mesh=make_mesh((1, 1, 4, 1), jax.devices()[:4]),
+                         interpret=True)
 
 
 def test_the_model_with_splash_attention_gives_the_xla_logits():

@@ -23,7 +23,7 @@ def test_a_pretrained_checkpoint_restores_into_a_yarn_extended_run(tmp_path):
     checkpointer.save(0, init_params(PRETRAINED, jax.random.key(0)), None, PRETRAINED)
     extended = dataclasses.replace(PRETRAINED, max_position_embeddings=1024,
                                    rope_scaling=YarnScaling(2.0, 512))
-    target = abstract_sharded_params(params_shape(extended), make_mesh((1, 1, 1), jax.devices()[:1]))
+    target = abstract_sharded_params(params_shape(extended), make_mesh((1, 1, 1, 1), jax.devices()[:1]))
     step, params, _ = checkpointer.restore(0, extended, target, None)
     assert step == 0 and params["embed_tokens"].shape == (64, 32)
     wider = dataclasses.replace(extended, intermediate_size=64)

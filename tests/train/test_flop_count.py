@@ -37,7 +37,7 @@ def test_a_gradient_and_remat_count_what_runs():
 
 
 def test_a_shard_map_counts_every_devices_share():
-    mesh = make_mesh((1, 4, 1), jax.devices()[:4])
+    mesh = make_mesh((1, 4, 1, 1), jax.devices()[:4])
     fn = jax.shard_map(lambda a, b: a @ b, mesh=mesh, in_specs=(P("fsdp"), P()),
                        out_specs=P("fsdp"))
     assert flops(fn, (M, K), (K, N)) == ONE

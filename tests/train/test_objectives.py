@@ -217,7 +217,7 @@ def test_train_step_objectives_and_their_batch_keys():
         b2=0.95, eps=1e-8, weight_decay=0.0, clip_grad_norm=1.0)))
     with pytest.raises(ValueError, match="train objective: weight 'ppo' not in"):
         make_train_step(model, optimizer, schedule, 1, 8, objective="ppo")
-    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    mesh = make_mesh((1, 1, 1, 1), jax.devices()[:1])
     abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
                               jax.eval_shape(lambda: init_params(CONFIG, jax.random.key(0))))
     shardings = state_shardings(mesh, QWEN3_RULES, abstract)

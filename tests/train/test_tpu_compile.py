@@ -55,7 +55,7 @@ def test_the_tiny_config_compiles_for_v5e_2x2_and_reports_what_it_needs(tiny_com
     result, report = tiny_compile
     assert (report["generation"], report["chips"], report["devices"], report["hosts"]) == \
         ("v5e", 4, 4, 1)
-    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "sequence": 1, "tensor": 1}
     assert report["batch"] == {"rows": 4, "seq_len": 256, "grad_accum": 1}
     assert report["fits"] and report["hbm_bytes_per_device"] == 16 * 1024**3
     memory = report["per_device_bytes"]
@@ -73,22 +73,24 @@ def test_the_tiny_config_compiles_for_v5e_2x2_and_reports_what_it_needs(tiny_com
 
 def test_a_batch_the_mesh_cannot_split_is_refused_with_a_layout_that_would():
     slice_64 = tpu_slice("v5p:4x4x4")
-    settings = TrainSettings(batch_size=16, seq_len=65_536, mesh_shape=(1, -1, 1))
+    settings = TrainSettings(batch_size=16, seq_len=65_536, mesh_shape=(1, -1, 1, 1))
     with pytest.raises(ValueError) as refused:
         resolve_mesh(settings, EIGHT_B, slice_64)
     message = str(refused.value)
     assert "batch_size=16" in message and "64 devices" in message
-    assert "--config.mesh.shape='(1, 16, 4)'" in message
-    # ... and that layout is accepted.
-    assert resolve_mesh(dataclasses.replace(settings, mesh_shape=(1, 16, 4)), EIGHT_B,
-                        slice_64) == (1, 16, 4)
+    # One row per fsdp shard, each row's 64K tokens over four sequence shards.
+    assert "--config.mesh.shape='(1, 16, 4, 1)'" in message
+    # ... and that layout is accepted, as is one that splits heads instead.
+    for shape in ((1, 16, 4, 1), (1, 16, 1, 4)):
+        assert resolve_mesh(dataclasses.replace(settings, mesh_shape=shape), EIGHT_B,
+                            slice_64) == shape
     # configs/qwen3_4b.py accumulates two micro-batches (sized for 8 chips): on 16, one.
     with pytest.raises(ValueError, match=r"8 rows per micro-batch.*--config.train.grad_accum=1, "
-                                         r"or --config.mesh.shape='\(1, 8, 2\)'"):
+                                         r"or --config.mesh.shape='\(1, 8, 2, 1\)'"):
         resolve_mesh(dataclasses.replace(settings, grad_accum=2), EIGHT_B, tpu_slice("v5p:2x2x4"))
     with pytest.raises(ValueError, match=r"does not cover the 16 devices of v5p:2x2x4.*"
-                                         r"mesh.shape='\(1, 16, 1\)'"):
-        resolve_mesh(dataclasses.replace(settings, mesh_shape=(2, 4, 1)), EIGHT_B,
+                                         r"mesh.shape='\(1, 16, 1, 1\)'"):
+        resolve_mesh(dataclasses.replace(settings, mesh_shape=(2, 4, 1, 1)), EIGHT_B,
                      tpu_slice("v5p:2x2x4"))
 
 
@@ -101,7 +103,7 @@ def test_an_unknown_topology_is_one_line_naming_the_form(name):
 def test_the_tool_refuses_a_layout_before_compiling():
     result = compile_tool("--config", "configs/qwen3_8b.py:dagger", "--topology", "v5p:4x4x4")
     assert result.returncode == 2
-    assert "mesh.shape='(1, 16, 4)'" in result.stderr and "Traceback" not in result.stderr
+    assert "mesh.shape='(1, 16, 4, 1)'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_model_flops_are_six_n_plus_causal_attention():
@@ -129,12 +131,16 @@ def test_cpu_runs_print_no_tpu_start_up_messages_with_libtpu_installed():
     assert "TPU" not in result.stderr and "libtpu" not in result.stderr, result.stderr
 
 
-def test_the_splash_kernel_lowers_for_tpu_inside_the_train_step(tmp_path):
+def test_the_splash_kernel_lowers_for_tpu_inside_the_train_step_with_rows_split(tmp_path):
+    """Each row's 256 tokens split over two sequence shards (context parallelism): queries per
+    shard, keys and values gathered."""
     # head_dim 128: the TPU kernel's lane width (Qwen3's own head size).
     _, report = compile_tiny(tmp_path / "report.json", "--config.model.head_dim=128",
-                             "--config.attention_impl=splash")
+                             "--config.attention_impl=splash", "--config.mesh.shape=(1,2,2,1)")
     # Compiled by Mosaic for the TPU, not in interpret mode.
     assert report["attention"] == "pallas_splash" and report["fits"]
+    assert report["mesh"] == {"data": 1, "fsdp": 2, "sequence": 2, "tensor": 1}
+    assert report["row_blocks"] == 1  # one host feeds both rows
 
 
 def test_the_memory_levers_compile_for_tpu(tmp_path, tiny_compile):

@@ -12,10 +12,11 @@ from jax.sharding import PartitionSpec as P
 
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, output_embedding
-from dagger_jax.models.sharding import QWEN3_RULES, make_mesh
+from dagger_jax.models.sharding import QWEN3_RULES, make_mesh, row_block
 from dagger_jax.train.loss import chunked_cross_entropy
 from dagger_jax.train.optimizer import (current_learning_rate, holds_learning_rate, learning_rate_schedule,
                                        make_optimizer, round_learning_rate, with_learning_rate)
+from dagger_jax.train.trainer import global_batch
 from dagger_jax.train.train_step import (TrainState, jit_init_state, jit_train_step, make_train_step,
                                          state_shardings)
 
@@ -80,7 +81,8 @@ def _run_steps(mesh, batch, grad_accum=1, steps=2, loss_tokens=0):
     params = jax.device_put(init_params(CONFIG, jax.random.key(0)), shardings.params)
     state = jit_init_state(optimizer, shardings)(params)
     step = jit_train_step(make_train_step(model, optimizer, schedule, grad_accum, loss_chunk=8,
-                                          loss_tokens=loss_tokens), mesh, shardings)
+                                          loss_tokens=loss_tokens,
+                                          seq_shards=mesh.shape["sequence"]), mesh, shardings)
     metrics = []
     for _ in range(steps):
         state, m = step(state, batch)
@@ -89,11 +91,11 @@ def _run_steps(mesh, batch, grad_accum=1, steps=2, loss_tokens=0):
 
 
 @pytest.mark.slow
-def test_sharded_2x2x2_step_matches_one_device():
+def test_a_step_split_over_rows_tokens_and_heads_matches_one_device():
     assert jax.device_count() == 8, "tests/conftest.py forces 8 CPU devices"
     batch = random_batch(8, 16)
-    single_state, single = _run_steps(make_mesh((1, 1, 1), jax.devices()[:1]), batch)
-    mesh = make_mesh((2, 2, 2))
+    single_state, single = _run_steps(make_mesh((1, 1, 1, 1), jax.devices()[:1]), batch)
+    mesh = make_mesh((1, 2, 2, 2))  # rows over fsdp, each row's tokens over sequence, heads
     sharded_state, sharded = _run_steps(mesh, batch)
     for a, b in zip(single, sharded):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
@@ -103,20 +105,22 @@ def test_sharded_2x2x2_step_matches_one_device():
     jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4),
                            jax.device_get(single_state.params), jax.device_get(sharded_state.params))
     # Parameters and optimizer moments land where the rules say.
+    # The sequence shards hold parts of the weights as FSDP shards do (models/sharding.py).
+    fsdp = ("fsdp", "sequence")
     q = sharded_state.params["layers"]["self_attn"]["q_proj"]["kernel"]
-    assert q.sharding.spec == P(None, "fsdp", "tensor")
-    assert q.addressable_shards[0].data.shape == (2, 16, 32)
-    assert sharded_state.params["embed_tokens"].sharding.spec == P("tensor", "fsdp")
+    assert q.sharding.spec == P(None, fsdp, "tensor")
+    assert q.addressable_shards[0].data.shape == (2, 8, 32)
+    assert sharded_state.params["embed_tokens"].sharding.spec == P("tensor", fsdp)
     down = sharded_state.params["layers"]["mlp"]["down_proj"]["kernel"]
-    assert down.sharding.spec == P(None, "tensor", "fsdp")
+    assert down.sharding.spec == P(None, "tensor", fsdp)
     mu = sharded_state.opt_state[1][0].mu["layers"]["mlp"]["down_proj"]["kernel"]
-    assert mu.sharding.spec == P(None, "tensor", "fsdp")
+    assert mu.sharding.spec == P(None, "tensor", fsdp)
     assert sharded_state.params["norm"]["scale"].sharding.spec == P()
 
 
 @pytest.mark.slow
 def test_grad_accumulation_equals_one_big_batch():
-    mesh = make_mesh((1, 2, 1), jax.devices()[:2])
+    mesh = make_mesh((1, 2, 1, 1), jax.devices()[:2])
     batch = random_batch(8, 16, seed=3)
     _, big = _run_steps(mesh, batch, grad_accum=1)
     _, accumulated = _run_steps(mesh, batch, grad_accum=4)
@@ -127,7 +131,7 @@ def test_grad_accumulation_equals_one_big_batch():
 
 @pytest.mark.slow
 def test_a_fixed_loss_normaliser_scales_the_gradient_by_the_batchs_targets():
-    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    mesh = make_mesh((1, 1, 1, 1), jax.devices()[:1])
     batch = random_batch(4, 16, seed=4)
     count = float(batch["loss_mask"].sum())
     _, (mean, _) = _run_steps(mesh, batch)
@@ -143,7 +147,7 @@ def test_a_fixed_loss_normaliser_scales_the_gradient_by_the_batchs_targets():
 
 def test_loss_falls_when_training_on_one_batch():
     batch = random_batch(4, 16, seed=5)
-    _, metrics = _run_steps(make_mesh((1, 1, 1), jax.devices()[:1]), batch, steps=8)
+    _, metrics = _run_steps(make_mesh((1, 1, 1, 1), jax.devices()[:1]), batch, steps=8)
     assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5
 
 
@@ -194,3 +198,33 @@ def test_each_round_warms_up_and_ends_at_the_low_rate():
         assert values[0] == 0.0 and max(values) == pytest.approx(1e-3)
         assert values[2:] == sorted(values[2:], reverse=True)  # decays after warmup
         assert values[-1] == pytest.approx(1e-4)  # the round's last step: lr * end_lr_ratio
+
+
+def test_a_batch_is_placed_by_rows_and_tokens_and_a_local_block_fills_its_shards():
+    mesh = make_mesh((1, 2, 2, 2))
+    batch = random_batch(8, 16, seed=5)
+    placed = global_batch(mesh, batch)
+    local = global_batch(mesh, batch, local=True)  # one process: its block is every row
+    for key, rows in batch.items():
+        assert placed[key].sharding.spec == P(("data", "fsdp"), "sequence")
+        assert placed[key].addressable_shards[0].data.shape == (4, 8)
+        np.testing.assert_array_equal(placed[key], rows)
+        np.testing.assert_array_equal(local[key], rows)
+    block = row_block(mesh)
+    assert (block.index, block.count, block.shards, block.of) == (0, 1, (0, 1), 2)
+
+
+def test_row_blocks_on_pod_slices_cover_every_row_once():
+    """mesh_utils lays devices out for the interconnect: a host's batch shards need not be
+    consecutive, and a row whose sequence group spans hosts is fed by each of them."""
+    from dagger_jax.train.tpu_compile import tpu_slice
+    for topology, shape, hosts_per_block in (("v5p:2x2x4", (1, 16, 1, 1), 1),
+                                             ("v5p:4x4x4", (1, 16, 4, 1), 2),
+                                             ("v5e:8x16", (1, 16, 8, 1), 4)):
+        where = tpu_slice(topology)
+        mesh = make_mesh(shape, where.devices)
+        blocks = [row_block(mesh, process) for process in range(where.hosts)]
+        distinct = {b.shards for b in blocks}
+        assert sorted(s for shards in distinct for s in shards) == list(range(16)), topology
+        assert all(b.count == len(distinct) == where.hosts // hosts_per_block for b in blocks)
+        assert sorted(b.index for b in blocks) == sorted(list(range(len(distinct))) * hosts_per_block)
