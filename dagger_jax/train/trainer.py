@@ -76,6 +76,8 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}  # the last logged step's, for callers to report
         # The rows of each global batch this process feeds (local_batches).
         self.row_block = row_block(self.mesh)
+        logging.info("mesh %s: this process feeds row block %d of %d", dict(self.mesh.shape),
+                     self.row_block.index, self.row_block.count)
 
     def initial_state(self) -> TrainState:
         """The latest checkpoint if there is one (resume), else fresh random params."""
