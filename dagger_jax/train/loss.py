@@ -44,17 +44,6 @@ Array = jax.Array
 MAX_LOG_RATIO = 20.0
 
 
-def chunked_cross_entropy(hidden: Array, w_out: Array, targets: Array, loss_mask: Array,
-                          chunk_size: int) -> tuple[Array, Array, Array]:
-    """Sums of masked token NLL, of mask weights, and of correct argmax predictions.
-
-    hidden [batch, seq, h] (final-normed), w_out [h, vocab], targets / loss_mask [batch, seq].
-    Returns sums, not means: the caller normalises over the whole (accumulated) batch.
-    """
-    sums = chunked_token_loss(hidden, w_out, targets, loss_mask, chunk_size)
-    return sums["loss"], sums["count"], sums["correct"]
-
-
 def chunked_token_loss(hidden: Array, w_out: Array, targets: Array, loss_mask: Array,
                        chunk_size: int, *, objective: str = "one",
                        loss_weights: Array | None = None, old_logprobs: Array | None = None,

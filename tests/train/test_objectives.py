@@ -12,7 +12,7 @@ import pytest
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params
 from dagger_jax.models.sharding import QWEN3_RULES, make_mesh
-from dagger_jax.train.loss import chunked_cross_entropy, chunked_token_loss
+from dagger_jax.train.loss import chunked_token_loss
 from dagger_jax.train.optimizer import make_optimizer
 from dagger_jax.train.train_step import (TrainState, batch_keys, jit_init_state, jit_train_step,
                                          make_train_step, objective_sums, state_shardings)
@@ -23,7 +23,7 @@ EPS = 0.2
 
 
 def todays_cross_entropy(hidden, w_out, targets, loss_mask, chunk_size):
-    """train/loss.py's chunked_cross_entropy as it was before the weighted objectives, verbatim."""
+    """train/loss.py's cross-entropy as it was before the weighted objectives, verbatim."""
     batch, seq, width = hidden.shape
     chunk = min(chunk_size, seq)
     pad = (-seq) % chunk
@@ -74,7 +74,8 @@ def test_weight_one_is_todays_cross_entropy_and_all_ones_weights_change_nothing(
     hidden, w_out, targets, mask, _ = problem()
     for chunk in (5, 12):  # 5 leaves a padded tail
         old = todays_cross_entropy(hidden, w_out, targets, mask, chunk)
-        new = chunked_cross_entropy(hidden, w_out, targets, mask, chunk)
+        sums = chunked_token_loss(hidden, w_out, targets, mask, chunk)
+        new = sums["loss"], sums["count"], sums["correct"]
         ones = chunked_token_loss(hidden, w_out, targets, mask, chunk, objective="reverse_kl",
                                   loss_weights=np.ones_like(mask))
         for a, b in zip(old, new):
@@ -170,7 +171,7 @@ def test_vocab_limit_normalises_the_on_policy_log_probs_as_the_sampler_does():
     np.testing.assert_allclose(sums["loss"], np.sum(mask * weights * nll), rtol=1e-5)
     # Weight one ignores it: cross-entropy over the whole vocabulary, as always.
     one = chunked_token_loss(hidden, w_out, targets, mask, 5, vocab_limit=limit)
-    np.testing.assert_array_equal(one["loss"], chunked_cross_entropy(hidden, w_out, targets, mask, 5)[0])
+    np.testing.assert_array_equal(one["loss"], chunked_token_loss(hidden, w_out, targets, mask, 5)["loss"])
 
 
 def plain_opd_surrogate(model, params, batch):

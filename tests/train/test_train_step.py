@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import Qwen3ForCausalLM, init_params, output_embedding
 from dagger_jax.models.sharding import QWEN3_RULES, make_mesh, row_block
-from dagger_jax.train.loss import chunked_cross_entropy
+from dagger_jax.train.loss import chunked_token_loss
 from dagger_jax.train.optimizer import (current_learning_rate, holds_learning_rate, learning_rate_schedule,
                                        make_optimizer, round_learning_rate, with_learning_rate)
 from dagger_jax.train.trainer import global_batch
@@ -59,16 +59,18 @@ def test_chunked_loss_equals_full_logits_loss():
         nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["target_ids"][..., None], -1)[..., 0]
         return jnp.sum(nll * batch["loss_mask"])
 
-    def chunked(hidden, w, chunk):
-        return chunked_cross_entropy(hidden, w, batch["target_ids"], batch["loss_mask"], chunk)[0]
+    def chunked(hidden, w, chunk, shards):
+        return chunked_token_loss(hidden, w, batch["target_ids"], batch["loss_mask"], chunk,
+                                  seq_shards=shards)["loss"]
 
     ref, ref_grads = jax.value_and_grad(full, argnums=(0, 1))(hidden, w)
-    for chunk in (5, 8, 24):  # 5 does not divide 24: the padded tail must not count
-        value, grads = jax.value_and_grad(chunked, argnums=(0, 1))(hidden, w, chunk)
+    # 5 does not divide 24 (nor a sequence shard's 12): the padded tails must not count.
+    for chunk, shards in ((5, 1), (8, 1), (24, 1), (5, 2), (12, 2)):
+        value, grads = jax.value_and_grad(chunked, argnums=(0, 1))(hidden, w, chunk, shards)
         np.testing.assert_allclose(value, ref, rtol=1e-5)
         for g, r in zip(grads, ref_grads):
             np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
-    count = chunked_cross_entropy(hidden, w, batch["target_ids"], batch["loss_mask"], 7)[1]
+    count = chunked_token_loss(hidden, w, batch["target_ids"], batch["loss_mask"], 7)["count"]
     assert count == batch["loss_mask"].sum()
 
 
