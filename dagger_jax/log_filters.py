@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-_NOISY = ("orbax", "tensorstore", "etils")
+_NOISY = ("orbax", "tensorstore", "etils", "fsspec", "gcsfs")
 
 
 class _DropLibraryInfo(logging.Filter):
@@ -13,5 +13,8 @@ class _DropLibraryInfo(logging.Filter):
 
 
 def quiet_library_logs() -> None:
-    """Drops INFO records that Orbax and friends send through absl's logger."""
+    """Drops INFO records that Orbax and friends (fsspec's read-ahead cache: one per file a
+    gs:// workdir reads) send through absl's logger or their own."""
     logging.getLogger("absl").addFilter(_DropLibraryInfo())
+    for name in ("fsspec", "gcsfs"):
+        logging.getLogger(name).setLevel(logging.WARNING)

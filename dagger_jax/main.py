@@ -12,6 +12,8 @@ import functools
 import json
 import logging
 import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from dagger_jax.models.sharding import RowBlock
 from dagger_jax.recipes.loop import Loop, LoopParts
 from dagger_jax.settings import RunSettings, read_settings
 from dagger_jax.storage import layout
+from dagger_jax.storage.store import (StorePath, StoreUnavailable, check_writable, is_remote,
+                                      local_dir, publish, staged_dir, store_path)
 from dagger_jax.tokenizer import load_tokenizer, save_tokenizer
 from dagger_jax.tokenizer.default import default_tokenizer
 from dagger_jax.train.trainer import Trainer
@@ -52,24 +56,26 @@ def initialize_distributed(config: Any) -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def prepare_tokenizer(workdir: Path, source_dir: str = "", vocab_size: int = 1024) -> Path:
-    """The run's tokenizer, copied into the workdir on first start.
+def prepare_tokenizer(workdir: StorePath, source_dir: str = "", vocab_size: int = 1024) -> Path:
+    """The run's tokenizer, copied into the workdir on first start; returns a local directory
+    holding it (the workdir's own, or for a workdir in object storage a local copy).
 
     Source, in order: what the workdir already holds (a resumed run, or `tools/import_hf.py`),
     `source_dir` (config.tokenizer.dir), else the embedded default BPE of `vocab_size`.
     """
     target = layout.tokenizer_dir(workdir)
-    if layout.has_tokenizer(workdir):
-        return target
-    if source_dir:
-        source = Path(source_dir)
-    else:
-        source = default_tokenizer(workdir / ".tokenizer_build", vocab_size)
-    if jax.process_index() == 0:
-        save_tokenizer(load_tokenizer(source), target)
-    # The other processes read what process 0 just wrote.
-    multihost_utils.sync_global_devices("tokenizer written")
-    return target
+    if not layout.has_tokenizer(workdir):
+        if source_dir:
+            source = local_dir(source_dir)
+        else:
+            build = workdir / ".tokenizer_build" if not is_remote(workdir) else None
+            source = default_tokenizer(build, vocab_size)
+        if jax.process_index() == 0:
+            with staged_dir(target) as staged:
+                save_tokenizer(load_tokenizer(source), staged)
+        # The other processes read what process 0 just wrote.
+        multihost_utils.sync_global_devices("tokenizer written")
+    return local_dir(target)
 
 
 def fixed_data(settings: RunSettings, row_block: RowBlock) -> TrajectoryPipeline:
@@ -84,7 +90,13 @@ def fixed_data(settings: RunSettings, row_block: RowBlock) -> TrajectoryPipeline
 def run(config: Any, workdir: str | Path) -> Path | None:
     """Trains per config in workdir; returns the HF export directory (process 0) if exported."""
     settings = read_settings(config)  # every check before the workdir is touched
-    workdir = Path(workdir)
+    workdir = store_path(workdir)
+    if is_remote(workdir) and settings.loop is not None:
+        raise ValueError(f"--workdir={workdir}: the outer loop does not run on an object-store "
+                         "workdir yet (its shards, state and exports are written as local "
+                         "files); give it a local workdir. The plain training job (no recipe) "
+                         "runs on gs:// workdirs.")
+    check_writable(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = prepare_tokenizer(workdir, settings.tokenizer_dir, settings.tokenizer_vocab_size)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -108,9 +120,22 @@ def run(config: Any, workdir: str | Path) -> Path | None:
     return out
 
 
-def _export(settings: RunSettings, tokenizer_dir: Path, params: Any, out: Path) -> Path | None:
-    return export_hf(params, settings.model, out, tokenizer_dir=tokenizer_dir,
-                     dtype=settings.export.dtype, max_shard_bytes=settings.export.max_shard_bytes)
+def _export(settings: RunSettings, tokenizer_dir: Path, params: Any,
+            out: StorePath) -> StorePath | None:
+    """The HF export of `params` at `out` (collective; process 0 writes and returns it). Into
+    object storage it is written locally, then published (storage/store.py)."""
+    def write(where: Path) -> Path | None:
+        return export_hf(params, settings.model, where, tokenizer_dir=tokenizer_dir,
+                         dtype=settings.export.dtype,
+                         max_shard_bytes=settings.export.max_shard_bytes)
+    if not is_remote(out):
+        return write(out)
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        written = write(Path(tmp) / "export")
+        if written is None:
+            return None
+        publish(written, out)
+    return out
 
 
 def loop_parts(settings: RunSettings, workdir: Path, trainer: Trainer, export: Any,
@@ -163,7 +188,10 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     quiet_library_logs()
     initialize_distributed(config)
-    run(config, _WORKDIR.value)
+    try:
+        run(config, _WORKDIR.value)
+    except StoreUnavailable as e:
+        sys.exit(f"dagger_jax.main: {e}")
 
 
 if __name__ == "__main__":

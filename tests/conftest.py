@@ -101,3 +101,12 @@ def plain_job_data(tmp_path_factory, chat, chat_dir) -> list[str]:
         for record in episode_batch(chat, 24, iteration=1):
             writer.write(record)
     return [f"--config.data.dirs={directory}", f"--config.tokenizer.dir={chat_dir}"]
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS emulator for the session (tests/gcs_emulator.py): the environment that points a
+    process at it; os.environ has it too while it runs."""
+    from tests.gcs_emulator import gcs_emulator
+    with gcs_emulator() as env:
+        yield env

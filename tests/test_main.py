@@ -19,6 +19,7 @@ import transformers
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import params_shape
 from dagger_jax.models.sharding import abstract_sharded_params, make_mesh
+from dagger_jax.storage.store import is_published, local_dir, store_path
 from dagger_jax.train.checkpoint import Checkpointer
 from tests.conftest import SUBPROCESS_XLA_FLAGS
 
@@ -48,8 +49,8 @@ def env() -> dict:
     return {**os.environ, "XLA_FLAGS": SUBPROCESS_XLA_FLAGS}
 
 
-def final_params(workdir: Path):
-    checkpointer = Checkpointer(workdir / "checkpoints")
+def final_params(workdir: Path | str):
+    checkpointer = Checkpointer(store_path(workdir) / "checkpoints")
     config = Qwen3Config.from_dict(checkpointer.meta()["model_config"])
     target = abstract_sharded_params(params_shape(config), make_mesh((1, 1, 1, 1), jax.devices()[:1]))
     step, params, _ = checkpointer.restore(None, config, target, None)
@@ -99,6 +100,48 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, plain_job_data, str
     assert model.config.hidden_size == 32 and tokenizer.chat_template
     assert (straight_run / "tensorboard").is_dir()
     assert any((straight_run / "tensorboard").iterdir())
+
+
+def test_a_run_in_a_bucket_matches_the_local_run_and_resumes_after_a_kill(
+        tmp_path, plain_job_data, straight_run, gcs):
+    """--workdir=gs://... against a real GCS emulator: checkpoints (Orbax straight to the
+    bucket), tokenizer, config, TensorBoard and the export land in the bucket, a kill -9
+    resumes from it, and nothing is written to a local folder named gs:."""
+    from tests.gcs_emulator import create_bucket, object_names
+    workdir = create_bucket(gcs, "runs") + "/plain"
+    run_env = {**env(), **gcs}
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(main_command(workdir, plain_job_data), cwd=ROOT, env=run_env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    # Orbax on GCS commits a step by writing its commit_success.txt last.
+    while not object_names(gcs, "runs", "plain/checkpoints/10/commit_success"):
+        assert proc.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 10 <= Checkpointer(store_path(workdir) / "checkpoints").latest_step() < STEPS
+
+    resumed = subprocess.run(main_command(workdir, plain_job_data), cwd=ROOT, env=run_env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (step_a, params_a), (step_b, params_b) = final_params(straight_run), final_params(workdir)
+    assert step_a == step_b == STEPS
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params_a, params_b)
+    run = store_path(workdir)
+    assert (run / "config.json").is_file() and is_published(run / "tokenizer")
+    assert any(f.name.startswith("events.out.tfevents") for f in (run / "tensorboard").iterdir())
+    export = local_dir(run / "export")
+    assert transformers.AutoModelForCausalLM.from_pretrained(export).num_parameters() > 0
+    assert not (ROOT / "gs:").exists()
+
+
+def test_a_bucket_that_does_not_exist_is_one_line_before_anything_runs(plain_job_data, gcs):
+    result = subprocess.run(main_command("gs://no-such-bucket/run", plain_job_data), cwd=ROOT,
+                            env={**env(), **gcs}, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "gs://no-such-bucket/run: cannot write there" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
 def test_a_misspelt_config_key_is_an_error(tmp_path, plain_job_data):

@@ -15,6 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from dagger_jax.models.config import Qwen3Config
+from dagger_jax.storage.store import is_remote, store_path
 
 # Model config fields that set the context window, not the weights' shapes or meaning.
 CONTEXT_FIELDS = ("max_position_embeddings", "rope_scaling")
@@ -32,11 +33,11 @@ class Checkpointer:
     """One run's checkpoints under `<workdir>/checkpoints`."""
 
     def __init__(self, directory: str | Path, max_to_keep: int | None = 3):
-        self.directory = Path(directory)
+        self.directory = store_path(directory)  # local, or gs:// (Orbax writes there itself)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options,
-                                              item_names=ITEMS)
+        where = self.directory if is_remote(self.directory) else self.directory.absolute()
+        self._manager = ocp.CheckpointManager(where, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

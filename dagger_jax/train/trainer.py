@@ -13,6 +13,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dagger_jax.storage import layout
+from dagger_jax.storage.store import store_path
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import init_params
 from dagger_jax.models.sharding import batch_sharding, row_block
@@ -64,7 +65,7 @@ class Trainer:
 
     def __init__(self, settings: TrainSettings, workdir: str | Path, model_config: Qwen3Config):
         self.settings = s = settings
-        self.workdir = Path(workdir)
+        self.workdir = store_path(workdir)
         self.model_config = model_config
         program = build_step_program(s, model_config)
         self.mesh, self.model = program.mesh, program.model
