@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any, Mapping
 
 from aiohttp import web

@@ -90,7 +90,7 @@ def train_tasks_file(workdir: PathLike) -> StorePath:
 
 def iteration_of(directory: PathLike) -> int | None:
     """N for a directory named iter_N, else None."""
-    match = _ITER_RE.fullmatch(Path(directory).name)
+    match = _ITER_RE.fullmatch(store_path(directory).name)
     return int(match.group(1)) if match else None
 
 

@@ -14,7 +14,6 @@ import pytest
 
 from dagger_jax.agent import parse_action
 from dagger_jax.envs.corruption import corrupt
-from dagger_jax.envs.sandbox import SandboxError
 from dagger_jax.envs.tasks.synthetic import Difficulty, generate_tasks
 from dagger_jax.policies.actors import NoopActor
 from dagger_jax.policies.base import AgentState
