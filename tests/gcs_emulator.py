@@ -4,10 +4,12 @@ every client of a run at it (docs/storage.md lists the variables)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -87,3 +89,36 @@ def object_names(env: dict[str, str], bucket: str, prefix: str) -> list[str]:
     url = f"{env['STORAGE_EMULATOR_HOST']}/storage/v1/b/{bucket}/o?{query}"
     with urllib.request.urlopen(url, timeout=10) as response:
         return [item["name"] for item in json.load(response).get("items", [])]
+
+
+@contextmanager
+def refusing_store() -> Iterator[dict[str, str]]:
+    """A GCS endpoint that answers every request 403 as GCS does to a caller whose credentials
+    may not touch the bucket (the emulator itself checks none); yields the environment that
+    points a process at it."""
+    body = json.dumps({"error": {"code": 403, "message": "caller does not have storage.objects "
+                                 "access to the bucket", "errors": [{"reason": "forbidden"}]}})
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def _refuse(self) -> None:
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+               "GOOGLE_AUTH_TOKEN_FOR_TESTING": "refused", "FSSPEC_GCS_TOKEN": "anon",
+               "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -136,12 +136,21 @@ def test_a_run_in_a_bucket_matches_the_local_run_and_resumes_after_a_kill(
     assert not (ROOT / "gs:").exists()
 
 
-def test_a_bucket_that_does_not_exist_is_one_line_before_anything_runs(plain_job_data, gcs):
+def test_a_missing_bucket_or_refused_credentials_is_one_line_before_anything_runs(
+        plain_job_data, gcs):
+    from tests.gcs_emulator import refusing_store
     result = subprocess.run(main_command("gs://no-such-bucket/run", plain_job_data), cwd=ROOT,
                             env={**env(), **gcs}, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "gs://no-such-bucket/run: cannot write there" in result.stderr
+    assert "gs://no-such-bucket/run: cannot write there (FileNotFoundError" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    with refusing_store() as refusing:
+        result = subprocess.run(main_command("gs://runs/refused", plain_job_data), cwd=ROOT,
+                                env={**env(), **refusing}, capture_output=True, text=True,
+                                timeout=300)
+    assert result.returncode != 0
+    assert "gs://runs/refused: cannot write there" in result.stderr, result.stderr[-3000:]
+    assert "(OSError: Forbidden" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_misspelt_config_key_is_an_error(tmp_path, plain_job_data):
