@@ -16,7 +16,7 @@ from dagger_jax.storage import layout
 from dagger_jax.storage.store import store_path
 from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.qwen3 import init_params
-from dagger_jax.models.sharding import batch_sharding, row_block
+from dagger_jax.models.sharding import RowBlock, batch_sharding, row_block
 from dagger_jax.train.checkpoint import Checkpointer
 from dagger_jax.train.metrics import MetricWriter
 from dagger_jax.train.optimizer import held_rate_sharding, holds_learning_rate, with_learning_rate
@@ -28,18 +28,20 @@ BatchFn = Callable[[int], dict[str, np.ndarray]]
 
 
 def global_batch(mesh, batch: dict[str, np.ndarray], local: bool = False,
-                 keys: tuple[str, ...] = BATCH_KEYS) -> dict[str, jax.Array]:
+                 keys: tuple[str, ...] = BATCH_KEYS,
+                 block: RowBlock | None = None) -> dict[str, jax.Array]:
     """Places a batch's arrays `keys` on the mesh, each device taking its rows and tokens. By
     default `batch` is the whole global batch (every process holds it); with local=True it is
     this process's rows only (its models/sharding.RowBlock, shard after shard: a pipeline that
     reads only its own part, such as the trajectory pipeline), and the global batch has
-    `count` times its rows."""
+    `count` times its rows. `block`: this process's RowBlock on `mesh`, if the caller has it
+    (the Trainer computes it once, not every step)."""
     missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(f"the training batch lacks {missing} (it has {sorted(batch)}); the "
                          f"train objective needs {list(keys)}")
     sharding = batch_sharding(mesh)
-    block = row_block(mesh)
+    block = block or row_block(mesh)
     out = {}
     for key in keys:
         rows = batch[key]
@@ -135,7 +137,7 @@ class Trainer:
                     state = state.replace(opt_state=with_learning_rate(state.opt_state, rate))
                 tokens_since += int(np.count_nonzero(host_batch["segment_ids"]))
                 state, metrics = self._step(state, global_batch(self.mesh, host_batch, local_batches,
-                                                                self.batch_keys))
+                                                                self.batch_keys, self.row_block))
                 done = step + 1
                 if done % c.log_every == 0 or done == end:
                     scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
