@@ -92,10 +92,7 @@ def run(config: Any, workdir: str | Path) -> Path | None:
     settings = read_settings(config)  # every check before the workdir is touched
     workdir = store_path(workdir)
     if is_remote(workdir) and settings.loop is not None:
-        raise ValueError(f"--workdir={workdir}: the outer loop does not run on an object-store "
-                         "workdir yet (its shards, state and exports are written as local "
-                         "files); give it a local workdir. The plain training job (no recipe) "
-                         "runs on gs:// workdirs.")
+        refuse_remote_loop_parts(settings, workdir)
     check_writable(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = prepare_tokenizer(workdir, settings.tokenizer_dir, settings.tokenizer_vocab_size)
@@ -118,6 +115,20 @@ def run(config: Any, workdir: str | Path) -> Path | None:
         logging.info("exported step %d to %s", int(state.step), out)
         (out / "dagger_jax.json").write_text(json.dumps({"step": int(state.step)}))
     return out
+
+
+def refuse_remote_loop_parts(settings: RunSettings, workdir: StorePath) -> None:
+    """The parts of the loop that cannot use an object-store workdir yet, refused before the
+    run starts: the rollout service reads the task file and tokenizer from paths and writes
+    shards to one, and a student fleet loads exports from a path on its own disk."""
+    if settings.loop.rollout_service:
+        raise ValueError(f"--workdir={workdir}: a rollout service (loop.rollout_service) needs a "
+                         "workdir on a filesystem it shares; with a gs:// workdir, collect in "
+                         "this process (leave loop.rollout_service empty)")
+    if settings.actors.student_endpoints:
+        raise ValueError(f"--workdir={workdir}: a student fleet (student endpoints) loads each "
+                         "export from a path on its hosts, which a gs:// workdir does not give "
+                         "it; serve the student in this process (no student endpoints)")
 
 
 def _export(settings: RunSettings, tokenizer_dir: Path, params: Any,

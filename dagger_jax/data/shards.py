@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,8 @@ class ShardInfo:
     # Per episode, [task_id, resolved]: lets the trainer filter (rejection-sampling SFT) and
     # group (GRPO) episodes unread.
     outcomes: tuple[list, ...]
+    # Of the whole file: what a copy of the shard (data/shard_sync.py) is checked against.
+    sha256: str
 
     @property
     def name(self) -> str:
@@ -124,6 +127,7 @@ def read_manifest(directory: PathLike) -> list[ShardInfo]:
             name, count = entry["shard"], entry["num_episodes"]
             ids, version, size = entry["episode_ids"], entry["schema_version"], entry["bytes"]
             summaries, outcomes = entry.get("turn_summaries"), entry.get("outcomes")
+            digest = entry["sha256"]
         except (ValueError, KeyError, TypeError) as e:
             raise ShardError(f"{where}: not a manifest entry ({type(e).__name__}: {e})") from e
         if summaries is None or outcomes is None:
@@ -137,6 +141,7 @@ def read_manifest(directory: PathLike) -> list[ShardInfo]:
             or "/" in name
             or not isinstance(ids, list)
             or not isinstance(size, int)
+            or not _valid_digest(digest)
             or len(ids) != count
             or not _valid_summaries(summaries, count)
             or not _valid_outcomes(outcomes, count)
@@ -150,9 +155,18 @@ def read_manifest(directory: PathLike) -> list[ShardInfo]:
             raise ShardError(f"{where}: listed shard {path} does not exist")
         shards.append(
             ShardInfo(path, count, tuple(ids), version, size, tuple(summaries), manifest, number,
-                      tuple(outcomes))
+                      tuple(outcomes), digest)
         )
     return shards
+
+
+def _valid_digest(digest: Any) -> bool:
+    return isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None
+
+
+def file_sha256(path: PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _valid_summaries(summaries: Any, count: int) -> bool:
@@ -187,11 +201,14 @@ class ShardWriter:
 
     Use as a context manager (or call close()): the last, partly filled shard is finished
     on exit. write() returns False, writing nothing, for an episode_id already listed in
-    the directory (as of opening) or already written by this writer.
+    the directory (as of opening) or already written by this writer. `on_listed`, when given,
+    is called with each shard's path once its manifest line is written (the collector
+    publishes the shard to object storage there: data/shard_sync.py).
     """
 
     def __init__(self, directory: PathLike, prefix: str, records_per_shard: int = 64,
-                 *, options: str = WRITER_OPTIONS) -> None:
+                 *, options: str = WRITER_OPTIONS,
+                 on_listed: Callable[[Path], None] | None = None) -> None:
         if records_per_shard < 1:
             raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
         if not _PREFIX_RE.fullmatch(prefix):
@@ -201,6 +218,7 @@ class ShardWriter:
         self.prefix = prefix
         self.records_per_shard = records_per_shard
         self.options = options
+        self.on_listed = on_listed
         self._name_re = re.compile(
             rf"{re.escape(prefix)}-(\d+){re.escape(SHARD_SUFFIX)}(?:{re.escape(TEMP_SUFFIX)})?")
         self._lock_fd = self._lock_prefix()
@@ -312,6 +330,7 @@ class ShardWriter:
                 "episode_ids": ids,
                 "schema_version": SCHEMA_VERSION,
                 "bytes": final.stat().st_size,
+                "sha256": file_sha256(final),
                 "turn_summaries": summaries,
                 "outcomes": outcomes,
             }
@@ -320,6 +339,8 @@ class ShardWriter:
             self._known.difference_update(ids)
             raise
         self.shards_written.append(final)
+        if self.on_listed is not None:
+            self.on_listed(final)
         return final
 
     def _append_manifest(self, line: bytes) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from dagger_jax.data.shard_sync import pulled
 from dagger_jax.data.shards import EpisodeSource, labelled_turns
 from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline
 from dagger_jax.recipes.loop_settings import LoopSettings
@@ -42,13 +43,14 @@ from dagger_jax.rollout.mixing import RolloutRule
 from dagger_jax.rollout.service import ServiceJob
 from dagger_jax.rollout.service_client import RolloutServiceClient
 from dagger_jax.storage import layout
+from dagger_jax.storage.store import StorePath, is_published, local_dir, store_path
 from dagger_jax.train.metrics import MetricWriter
 from dagger_jax.train.optimizer import round_learning_rate
 from dagger_jax.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 # (params, out_dir) -> the Hugging Face export of those params (main binds model and tokenizer).
-Exporter = Callable[[Any, Path], Any]
+Exporter = Callable[[Any, StorePath], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +68,7 @@ class LoopParts:
 
 class Loop:
     def __init__(self, settings: LoopSettings, workdir: Path, parts: LoopParts):
-        self.settings, self.workdir, self.parts = settings, Path(workdir), parts
+        self.settings, self.workdir, self.parts = settings, store_path(workdir), parts
         self.trainer = parts.trainer
         self.recipe = settings.run.recipe
         self.state = LoopState.load(self.workdir)
@@ -102,7 +104,7 @@ class Loop:
     def _ensure_initial_export(self) -> None:
         """The student before any training (iteration 0), so it can be served from the start."""
         path = layout.iteration_export_dir(self.workdir, 0)
-        if path.exists():
+        if is_published(path):
             return
         state = self.trainer.initial_state()
         if self.trainer.checkpointer.latest_step() is None:
@@ -112,9 +114,10 @@ class Loop:
         self.parts.export(state.params, path)
 
     def _latest_export(self) -> Path:
+        """The newest student export, as a local directory (a copy, for a workdir in a bucket)."""
         for i in range(self.state.iteration, -1, -1):
-            if layout.iteration_export_dir(self.workdir, i).exists():
-                return layout.iteration_export_dir(self.workdir, i)
+            if is_published(path := layout.iteration_export_dir(self.workdir, i)):
+                return local_dir(path)
         raise FileNotFoundError(f"{self.workdir} holds no student export (exports/iter_000 missing)")
 
     def _export(self, i: int) -> None:
@@ -213,7 +216,7 @@ class Loop:
 
     def _pipeline(self, i: int, new_only: bool = False) -> TrajectoryPipeline:
         first = 1 if self.recipe.aggregate and not new_only else i
-        dirs = [layout.iteration_dir(self.workdir, k) for k in range(first, i + 1)]
+        dirs = pulled([layout.iteration_dir(self.workdir, k) for k in range(first, i + 1)])
         t = self.trainer.settings
         caps = list(self.settings.label_budgets[first - 1:i]) if self.settings.cap_trained_labels \
             else None
@@ -269,11 +272,11 @@ class Loop:
                                     rule=RolloutRule(beta=1.0, label="action"),
                                     out_dir=str(layout.teacher_eval_dir(self.workdir)), **common)
         self._collection(teacher_job, tasks, greedy=True, student_acts=False)
-        student_records = list(EpisodeSource(student_job.out_dir))
-        teacher_records = list(EpisodeSource(teacher_job.out_dir))
+        student_records = list(EpisodeSource(pulled(student_job.out_dir)))
+        teacher_records = list(EpisodeSource(pulled(teacher_job.out_dir)))
         metrics: dict[str, Any] = episode_metrics(student_records)
         metrics.update(asyncio.run(export_covariate_shift(
-            layout.iteration_export_dir(self.workdir, i), student_records, teacher_records,
+            local_dir(layout.iteration_export_dir(self.workdir, i)), student_records, teacher_records,
             e.shift_states, seed=i)))
         metrics.update(self._training_row(i))
         self.writer.write(i, {f"loop/{k}": float(v) for k, v in metrics.items()
@@ -283,7 +286,8 @@ class Loop:
 
     def _training_row(self, i: int) -> dict[str, Any]:
         """What iteration i collected and trained on: every history row has it."""
-        labelled = labelled_turns([layout.iteration_dir(self.workdir, k) for k in range(1, i + 1)])
+        labelled = labelled_turns(pulled([layout.iteration_dir(self.workdir, k)
+                                          for k in range(1, i + 1)]))
         return {"iteration": i, "beta": self.settings.run.beta(i),
                 "train_steps": self.state.train_end, "labelled_turns": labelled,
                 "trained_labels": self._pipeline(i).stats.trained_turns}

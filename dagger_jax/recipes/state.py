@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 from dagger_jax.storage import layout
+from dagger_jax.storage.store import PathLike, write_text_atomic
 
 PHASES = ("collect", "train", "export", "evaluate")
 
@@ -24,7 +23,7 @@ class LoopState:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def load(cls, workdir: Path) -> "LoopState":
+    def load(cls, workdir: PathLike) -> "LoopState":
         path = layout.state_file(workdir)
         if not path.exists():
             return cls()
@@ -36,8 +35,6 @@ class LoopState:
             raise ValueError(f"{path}: phase {state.phase!r} is not one of {PHASES}")
         return state
 
-    def save(self, workdir: Path) -> None:
-        path = layout.state_file(workdir)
-        tmp = path.with_name(f"{path.name}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
-        os.replace(tmp, path)
+    def save(self, workdir: PathLike) -> None:
+        write_text_atomic(layout.state_file(workdir), json.dumps(dataclasses.asdict(self),
+                                                                 indent=2))

@@ -14,13 +14,13 @@ import asyncio
 import dataclasses
 import logging
 import re
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dagger_jax.agent import ChatTokenizer
 from dagger_jax.data.records import EpisodeRecord
+from dagger_jax.data.shard_sync import SyncedShardDir
 from dagger_jax.data.shards import ShardWriter, existing_episode_ids, labelled_turns
 from dagger_jax.envs.sandbox.base import SandboxBackend
 from dagger_jax.envs.tasks.task import Task
@@ -122,7 +122,9 @@ async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Act
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     stats = stats if stats is not None else CollectorStats()
-    out_dir = Path(job.out_dir)
+    # Shards are written locally; into object storage each is published as soon as it is listed.
+    records = SyncedShardDir(job.out_dir)
+    out_dir = records.pull()
     done = existing_episode_ids(out_dir) if out_dir.exists() else set()
     todo = [(eid, tid) for eid, tid in job.episode_ids() if eid not in done]
     provenance = Provenance(job.iteration, job.student_version, job.teacher_id,
@@ -145,7 +147,7 @@ async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Act
             labelled[0] += sum(1 for turn in record.turns if turn.label_ids)
             return record
 
-    with ShardWriter(out_dir, job.job_id, records_per_shard) as writer, \
+    with ShardWriter(out_dir, job.job_id, records_per_shard, on_listed=records.push) as writer, \
             _progress(progress, job.job_id, len(todo)) as (bar, bar_task):
         pending = [asyncio.ensure_future(one(eid, tid)) for eid, tid in todo]
         try:

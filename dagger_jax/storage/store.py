@@ -149,6 +149,33 @@ def local_dir(source: PathLike, cache: PathLike | None = None) -> Path:
     return local
 
 
+def working_copy(source: PathLike, cache: PathLike | None = None) -> Path:
+    """The local directory a process works on for remote directory `source` (the same one on
+    every call and across restarts on this machine, so work written there and not yet pushed
+    survives a killed process); `source` itself on local disk. Nothing is copied: the caller
+    syncs it (data/shard_sync.py for trajectory shards)."""
+    source = store_path(source)
+    if not is_remote(source):
+        return Path(os.fspath(source))
+    key = hashlib.sha256(str(source).encode()).hexdigest()[:16]
+    root = Path(cache) if cache is not None else Path(tempfile.gettempdir()) / "dagger_jax_store"
+    return _mkdirs(root / "work" / f"{source.name}-{key}")
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Replaces the file at `path` as a whole: a reader sees the old text or the new, never a
+    part. Local: a temp file renamed over it. Object storage: one object upload, which is
+    atomic there."""
+    path = store_path(path)
+    if is_remote(path):
+        path.write_text(text)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _mkdirs(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

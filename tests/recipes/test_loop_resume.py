@@ -46,6 +46,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from dagger_jax.data.shards import EpisodeSource, labelled_turns, read_manifest
+from dagger_jax.storage.store import store_path
 from tests.conftest import SUBPROCESS_XLA_FLAGS
 
 # Real sandboxes, servers or whole runs: left out of make test-fast.
@@ -203,19 +204,20 @@ KILLS = [
 ]
 
 
-def run_until_killed(workdir: Path, log: Path, env: dict[str, str], name: str,
-                     trigger: Callable[[Path, Any], bool]) -> float:
+def run_until_killed(workdir: Path | str, log: Path, env: dict[str, str], name: str,
+                     trigger: Callable[[Any, Any], bool],
+                     state_of: Callable[[Any], Any] = read_state) -> float:
     """Starts the command, SIGKILLs its process group once trigger holds; returns the seconds
     it ran. Fails if the run ends (or times out) before the trigger: a missed kill point."""
     began = time.monotonic()
     proc = start(workdir, log, env)
     try:
         while True:
-            if trigger(workdir, read_state(workdir)):
+            if trigger(workdir, state_of(workdir)):
                 break
             if proc.poll() is not None:
                 pytest.fail(f"kill point {name} missed: the run exited ({proc.returncode}) first; "
-                            f"state {read_state(workdir)}\n{tail(log)}")
+                            f"state {state_of(workdir)}\n{tail(log)}")
             if time.monotonic() - began > SEGMENT_TIMEOUT_S:
                 pytest.fail(f"kill point {name} not reached in {SEGMENT_TIMEOUT_S} s\n{tail(log)}")
             time.sleep(POLL_S)
@@ -255,12 +257,36 @@ RECORD_DIRS = [f"data/iter_{i:03d}" for i in range(1, ITERATIONS + 1)] + \
               [f"eval/iter_{i:03d}" for i in range(1, ITERATIONS + 1)] + ["eval/teacher"]
 
 
+class Reference:
+    """The uninterrupted run both tests compare with: started when the first test asks for it,
+    so it runs alongside that test's chain; `done()` waits for it and returns its workdir."""
+
+    def __init__(self, base: Path):
+        self.workdir, self.log = base / "reference", base / "reference.log"
+        self.proc = start(self.workdir, self.log, environment(base))
+
+    def done(self) -> Path:
+        wait(self.proc, self.log, SEGMENT_TIMEOUT_S)
+        return self.workdir
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, bwrap_backend) -> Path:
+    """The module's directory: the reference run, and the compilation cache every run shares."""
+    return tmp_path_factory.mktemp("loop")
+
+
+@pytest.fixture(scope="module")
+def reference(shared):
+    run = Reference(shared)
+    yield run
+    kill_group(run.proc)
+
+
 def test_loop_killed_at_four_points_resumes_to_the_uninterrupted_result(
-        tmp_path, bwrap_backend):
-    reference_dir, chain_dir = tmp_path / "reference", tmp_path / "chain"
-    reference_log = tmp_path / "reference.log"
-    env = environment(tmp_path)
-    reference = start(reference_dir, reference_log, env)
+        tmp_path, shared, reference):
+    chain_dir = tmp_path / "chain"
+    env = {**environment(shared), "TMPDIR": str(tmp_path)}
     report: list[str] = []
     at_kill: dict[str, Any] = {}
     try:
@@ -300,13 +326,59 @@ def test_loop_killed_at_four_points_resumes_to_the_uninterrupted_result(
         final_log = tmp_path / f"chain-{len(KILLS)}-final.log"
         wait(start(chain_dir, final_log, env), final_log, SEGMENT_TIMEOUT_S)
         report.append(f"final restart: ran {time.monotonic() - began:.1f} s to the end")
-        wait(reference, reference_log, SEGMENT_TIMEOUT_S)
+        reference_dir = reference.done()
     finally:
-        kill_group(reference)
         print("\n".join(report))
     check_restarts(tmp_path, chain_dir, at_kill)
     check_same_result(reference_dir, chain_dir)
-    check_two_training_passes(reference_log, reference_dir)
+    check_two_training_passes(reference.log, reference_dir)
+
+
+def test_the_loop_in_a_bucket_resumes_on_another_machine_to_the_local_result(
+        tmp_path, shared, reference, gcs):
+    """--workdir=gs://... (the GCS emulator): killed in iteration 2's collection, with the
+    student acting, then restarted with another local temp dir (another machine: no working
+    copy of the shards, no cached export), it ends with what the uninterrupted local run has;
+    and nothing is written to a local folder named gs:."""
+    from tests.gcs_emulator import create_bucket
+    workdir = create_bucket(gcs, "loops") + "/dagger"
+    run = store_path(workdir)
+    machines = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    for machine in machines:
+        machine.mkdir()
+    env = {**environment(shared), **gcs}
+
+    def bucket_state(_workdir: str) -> dict[str, Any] | None:
+        return json.loads((run / "state.json").read_text()) if (run / "state.json").exists() \
+            else None
+
+    def collecting_2(_workdir: str, state: Any) -> bool:
+        return at(state, 2, "collect") and bool(list(machines[0].glob(
+            "dagger_jax_store/work/iter_002-*/iter002-*.arecord.tmp")))
+
+    run_until_killed(workdir, tmp_path / "a.log", {**env, "TMPDIR": str(machines[0])},
+                     "collect-2 (bucket)", collecting_2, bucket_state)
+    assert at(bucket_state(workdir), 2, "collect")
+    # Iteration 2's unfinished shard was never published; iteration 1's shards were.
+    assert not (run / "data" / "iter_002" / "manifest.jsonl").exists()
+    log = tmp_path / "b.log"
+    wait(start(workdir, log, {**env, "TMPDIR": str(machines[1])}), log, SEGMENT_TIMEOUT_S)
+    # The second machine took iteration 1's shards from the bucket to train on.
+    assert "shard(s) taken from gs://loops/dagger/data/iter_001" in log.read_text(), tail(log)
+    copy = tmp_path / "downloaded"
+    download(run, copy)
+    check_same_result(reference.done(), copy)
+    assert not (ROOT / "gs:").exists() and not (tmp_path / "gs:").exists()
+
+
+def download(remote, local: Path) -> None:
+    """Every object under a bucket path, into a local directory of the same layout."""
+    for child in remote.iterdir():
+        if child.is_dir():
+            download(child, local / child.name)
+        else:
+            local.mkdir(parents=True, exist_ok=True)
+            (local / child.name).write_bytes(child.read_bytes())
 
 
 def check_two_training_passes(log: Path, workdir: Path) -> None:

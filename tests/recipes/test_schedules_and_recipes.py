@@ -17,6 +17,7 @@ from dagger_jax.names import WEIGHTS
 from dagger_jax.recipes.recipes import RECIPES, Recipe, RecipeRun, get_recipe
 from dagger_jax.train.train_step import batch_keys
 from dagger_jax.recipes.schedules import make_schedule
+from dagger_jax.storage.store import store_path
 
 
 def test_the_papers_schedule_and_the_others():
@@ -214,3 +215,23 @@ def test_a_narrow_synthetic_family_repeats_fixes_but_never_a_training_repo(monke
     with pytest.raises(ValueError, match="only 1 of 100 held-out synthetic tasks differ from every "
                                          "training task"):
         load_tasks(config)
+
+
+def test_loop_parts_that_need_a_shared_filesystem_are_refused_with_a_bucket_workdir():
+    # Until the rollout service and the student fleet take their files from the store, a
+    # gs:// workdir runs the loop with collection and the student in the training process.
+    from dagger_jax.main import refuse_remote_loop_parts
+    from tests.recipes.test_loop_service import MODEL
+    bucket = store_path("gs://bucket/run")
+
+    def settings(recipe, **loop):
+        config = loop_config(recipe, **loop)
+        config.model.update(MODEL)
+        return read_settings(config)
+    with pytest.raises(ValueError, match=r"gs://bucket/run: a rollout service .* needs a "
+                                         r"workdir on a filesystem it shares"):
+        refuse_remote_loop_parts(settings("sft", rollout_service="http://s:1"), bucket)
+    with pytest.raises(ValueError, match=r"gs://bucket/run: a student fleet .* loads each export "
+                                         r"from a path on its hosts"):
+        refuse_remote_loop_parts(settings("dagger", student_endpoints="http://s:1"), bucket)
+    refuse_remote_loop_parts(settings("dagger"), bucket)  # in-process: runs
