@@ -118,6 +118,11 @@ def base_config() -> ml_collections.ConfigDict:
         sandbox="bwrap",          # bwrap | docker
         rollout_service="",       # URL of a rollout service; empty: collect in-process
         student_endpoints="",     # SGLang URLs, comma-separated; empty: the in-process JAX sampler
+        # Export sidecars beside the student servers (rollout/export_sidecar.py, one per server;
+        # launch/sglang_fleet.sh --sidecar-port starts them): new weights go through them, which
+        # copy each export from the store to their host. Empty: the servers load the workdir's
+        # path themselves (one filesystem). A gs:// workdir with student_endpoints needs them.
+        student_loaders="",
         teacher="expert",         # expert | sglang | openai
         teacher_endpoints="",     # sglang: URLs; openai: the base URL
         teacher_model="",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from dagger_jax.agent import ChatTokenizer
 from dagger_jax.data.trajectory_pipeline import TrajectoryPipeline
 from dagger_jax.envs.sandbox import make_backend
 from dagger_jax.envs.tasks.sets import TaskSets, load_task_sets
-from dagger_jax.envs.tasks.task import write_tasks
+from dagger_jax.envs.tasks.task import tasks_jsonl
 from dagger_jax.log_filters import quiet_library_logs
 from dagger_jax.models.hf_export import export_hf
 from dagger_jax.models.sharding import RowBlock
@@ -34,7 +33,8 @@ from dagger_jax.recipes.loop import Loop, LoopParts
 from dagger_jax.settings import RunSettings, read_settings
 from dagger_jax.storage import layout
 from dagger_jax.storage.store import (StorePath, StoreUnavailable, check_writable, is_remote,
-                                      local_dir, publish, staged_dir, store_path)
+                                      local_dir, publish, staged_dir, store_path,
+                                      write_text_atomic)
 from dagger_jax.tokenizer import load_tokenizer, save_tokenizer
 from dagger_jax.tokenizer.default import default_tokenizer
 from dagger_jax.train.trainer import Trainer
@@ -118,17 +118,15 @@ def run(config: Any, workdir: str | Path) -> Path | None:
 
 
 def refuse_remote_loop_parts(settings: RunSettings, workdir: StorePath) -> None:
-    """The parts of the loop that cannot use an object-store workdir yet, refused before the
-    run starts: the rollout service reads the task file and tokenizer from paths and writes
-    shards to one, and a student fleet loads exports from a path on its own disk."""
-    if settings.loop.rollout_service:
-        raise ValueError(f"--workdir={workdir}: a rollout service (loop.rollout_service) needs a "
-                         "workdir on a filesystem it shares; with a gs:// workdir, collect in "
-                         "this process (leave loop.rollout_service empty)")
-    if settings.actors.student_endpoints:
-        raise ValueError(f"--workdir={workdir}: a student fleet (student endpoints) loads each "
-                         "export from a path on its hosts, which a gs:// workdir does not give "
-                         "it; serve the student in this process (no student endpoints)")
+    """A student fleet loads exports from its own disk: with a gs:// workdir the weights must
+    go through export sidecars, which copy them from the bucket (refused before the run)."""
+    actors = settings.actors
+    if actors.student_endpoints and not actors.student_loaders:
+        raise ValueError(
+            f"--workdir={workdir}: the student servers (config.loop.student_endpoints) cannot "
+            "read exports in a bucket; start an export sidecar beside each "
+            "(launch/sglang_fleet.sh --sidecar-port, or python -m "
+            "dagger_jax.rollout.export_sidecar) and set config.loop.student_loaders to their URLs")
 
 
 def _export(settings: RunSettings, tokenizer_dir: Path, params: Any,
@@ -160,22 +158,18 @@ def loop_parts(settings: RunSettings, workdir: Path, trainer: Trainer, export: A
                      train_tasks_file=functools.partial(write_train_tasks, tasks, workdir))
 
 
-def write_train_tasks(tasks: TaskSets, workdir: Path) -> Path:
+def write_train_tasks(tasks: TaskSets, workdir: StorePath) -> StorePath:
     """The training tasks as a task file in the workdir (for the rollout service, which reads
     files), written once: an existing file with the same content is reused, a different one
-    replaced."""
-    path = layout.train_tasks_file(workdir).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of this process's own (write_tasks writes it atomically), then compared with and
-    # renamed over the file: every process of a multi-host run may do this at once.
-    tmp = path.with_name(f"{path.name}.{jax.process_index()}.{os.getpid()}")
-    write_tasks(tasks.train, tmp)
-    if path.exists() and path.read_bytes() == tmp.read_bytes():
-        tmp.unlink()
-    else:
-        if path.exists():
-            logging.warning("%s holds other tasks than this run's training tasks: replaced", path)
-        os.replace(tmp, path)
+    replaced. Every process of a multi-host run may do this at once: each replaces the file as
+    a whole with the same text (storage.write_text_atomic)."""
+    path = layout.train_tasks_file(workdir)
+    text = tasks_jsonl(tasks.train)
+    if path.exists():
+        if path.read_text() == text:
+            return path
+        logging.warning("%s holds other tasks than this run's training tasks: replaced", path)
+    write_text_atomic(path, text)
     return path
 
 

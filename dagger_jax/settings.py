@@ -238,6 +238,7 @@ def actor_source(loop: Any, recipe: Recipe) -> ActorSource:
                        collect_sampling=student_sampling(loop, recipe, greedy=False),
                        eval_sampling=student_sampling(loop, recipe, greedy=True),
                        student_endpoints=endpoint_urls(loop.student_endpoints),
+                       student_loaders=endpoint_urls(loop.student_loaders),
                        max_batch=loop.concurrency)
 
 

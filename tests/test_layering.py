@@ -13,7 +13,9 @@ PACKAGE = ROOT / "dagger_jax"
 # Which of our layers each layer may import besides itself: DESIGN.md's "depends on" column.
 # Departures, where the code has the better reason: policies load the tokenizer stored beside a
 # model export (policies -> tokenizer, as serving already may); the loop names its workdir's
-# paths (recipes -> storage); `names` is a leaf every layer may import (the label, weight and
+# paths (recipes -> storage); the rollout service takes its job's task file, tokenizer and shard
+# directory from the run's store, with which it may share nothing else (rollout -> storage);
+# `names` is a leaf every layer may import (the label, weight and
 # batch names that recipes, rollout, data and train share), and so is `accelerators` (the
 # package's __init__ runs it before any layer starts JAX).
 ALLOWED = {
@@ -26,7 +28,7 @@ ALLOWED = {
     "train": {"models", "storage"},
     "policies": {"agent", "envs", "models", "tokenizer"},
     "serving": {"policies", "models", "tokenizer", "agent"},
-    "rollout": {"agent", "envs", "policies", "data", "serving"},
+    "rollout": {"agent", "envs", "policies", "data", "serving", "storage"},
     "recipes": {"rollout", "data", "train", "models", "storage"},
     # Reports read what a run wrote (state.json histories, curves); no layer imports them.
     "reports": {"storage"},

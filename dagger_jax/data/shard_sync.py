@@ -31,11 +31,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dagger_jax.data.shards import MANIFEST, ShardError
-from dagger_jax.storage.store import (PathLike, StorePath, is_remote, store_path,
-                                      working_copy)
+from dagger_jax.storage.store import (DamagedCopy, PathLike, StorePath, is_remote, store_path,
+                                      verified_read, working_copy)
 
 log = logging.getLogger(__name__)
-FETCH_ATTEMPTS = 2
 
 
 class SyncedShardDir:
@@ -101,19 +100,13 @@ class SyncedShardDir:
         return _split_finished(manifest.read_text()) if manifest.exists() else []
 
     def _fetch(self, entry: dict, destination: Path) -> None:
-        source = self.target / entry["shard"]
-        for attempt in range(1, FETCH_ATTEMPTS + 1):
-            data = source.read_bytes()
-            if len(data) == entry["bytes"] and _sha256(data) == entry["sha256"]:
-                tmp = destination.with_name(f"{destination.name}.pull-{os.getpid()}")
-                tmp.write_bytes(data)
-                os.replace(tmp, destination)
-                return
-            log.warning("%s: download %d of %d does not match its manifest line (%d bytes, "
-                        "expected %d, or the sha256 differs)", source, attempt, FETCH_ATTEMPTS,
-                        len(data), entry["bytes"])
-        raise ShardError(f"{source}: every download differs from its manifest line (size or "
-                         "sha256): the stored shard is damaged; not read")
+        try:
+            data = verified_read(self.target / entry["shard"], entry)
+        except DamagedCopy as e:
+            raise ShardError(str(e)) from None
+        tmp = destination.with_name(f"{destination.name}.pull-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, destination)
 
 
 def pulled(dirs: PathLike | Sequence[PathLike]) -> list[Path]:

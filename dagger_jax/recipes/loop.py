@@ -43,7 +43,8 @@ from dagger_jax.rollout.mixing import RolloutRule
 from dagger_jax.rollout.service import ServiceJob
 from dagger_jax.rollout.service_client import RolloutServiceClient
 from dagger_jax.storage import layout
-from dagger_jax.storage.store import StorePath, is_published, local_dir, store_path
+from dagger_jax.storage.store import (StorePath, is_published, is_remote, local_dir,
+                                      store_path)
 from dagger_jax.train.metrics import MetricWriter
 from dagger_jax.train.optimizer import round_learning_rate
 from dagger_jax.train.trainer import Trainer
@@ -63,7 +64,12 @@ class LoopParts:
     actors: ActorSource
     chat: Any                  # agent.ChatTokenizer: the student's tokenizer and chat template
     backend: Any               # envs.sandbox backend
-    train_tasks_file: Callable[[], Path] | None = None  # for the rollout service
+    train_tasks_file: Callable[[], StorePath] | None = None  # for the rollout service
+
+
+def absolute(path: Any) -> str:
+    """A run path as another machine can name it: gs://... as it is, a local path absolute."""
+    return str(path) if is_remote(path) else str(Path(path).resolve())
 
 
 class Loop:
@@ -113,11 +119,12 @@ class Loop:
             self.trainer.save(state)
         self.parts.export(state.params, path)
 
-    def _latest_export(self) -> Path:
-        """The newest student export, as a local directory (a copy, for a workdir in a bucket)."""
+    def _latest_export(self) -> StorePath:
+        """The newest student export (in the workdir: for a workdir in a bucket, a gs:// path,
+        which the fleet's sidecars fetch and local_dir copies for this process)."""
         for i in range(self.state.iteration, -1, -1):
             if is_published(path := layout.iteration_export_dir(self.workdir, i)):
-                return local_dir(path)
+                return path
         raise FileNotFoundError(f"{self.workdir} holds no student export (exports/iter_000 missing)")
 
     def _export(self, i: int) -> None:
@@ -125,7 +132,7 @@ class Loop:
         path = layout.iteration_export_dir(self.workdir, i)
         self.parts.export(state.params, path)
         self.state.weight_version = f"iter{i:03d}-step{int(state.step)}"
-        urls = self.parts.actors.student_endpoints
+        urls = self.parts.actors.weight_loaders
         if urls:  # the fleet loads the new student; a refusal stops the run (resumable here)
             asyncio.run(load_export(urls, path, self.state.weight_version))
 
@@ -159,7 +166,7 @@ class Loop:
             student = teacher_actor = None
             try:
                 if student_acts:
-                    await sync_student_fleet(actors.student_endpoints, self._latest_export(),
+                    await sync_student_fleet(actors.weight_loaders, self._latest_export(),
                                              self.state.weight_version)
                     student = actors.student(chat, greedy, self._latest_export(),
                                              self.state.weight_version)
@@ -177,15 +184,16 @@ class Loop:
         """Collects the job as a rollout-service job; returns its report (JSON).
 
         The service reads the task file and the tokenizer and writes the shards to job.out_dir:
-        all three must be at the same paths on its machine (shared storage), hence absolute.
+        in the run's bucket for a gs:// workdir (the service shares no filesystem with this
+        process), else at the same paths on its machine (shared storage), hence absolute.
         The job is a function of the iteration and state.json, so a restarted loop submits an
         equal job, which the service answers with its status (same id) or resumes from the
         shards already listed (a restarted service).
         """
         s, actors = self.settings, self.parts.actors
-        spec = ServiceJob(job=dataclasses.replace(job, out_dir=str(Path(job.out_dir).resolve())),
-                          tasks_path=str(self.parts.train_tasks_file()),
-                          tokenizer_path=str(layout.tokenizer_dir(self.workdir).resolve()),
+        spec = ServiceJob(job=dataclasses.replace(job, out_dir=absolute(job.out_dir)),
+                          tasks_path=absolute(self.parts.train_tasks_file()),
+                          tokenizer_path=absolute(layout.tokenizer_dir(self.workdir)),
                           sandbox=s.sandbox,
                           student=actors.student_spec(greedy=False) if student_acts else None,
                           teacher=dict(actors.teacher_spec), concurrency=s.concurrency)
@@ -201,7 +209,7 @@ class Loop:
 
         async def go():
             if student_acts:
-                await sync_student_fleet(actors.student_endpoints, self._latest_export(),
+                await sync_student_fleet(actors.weight_loaders, self._latest_export(),
                                          self.state.weight_version)
             log.info("submitting rollout job %s to the rollout service %s", job.job_id,
                      s.rollout_service)

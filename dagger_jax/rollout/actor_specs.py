@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Mapping
 
 from dagger_jax.agent import ChatTokenizer
@@ -17,6 +16,7 @@ from dagger_jax.policies.endpoint_pool import EndpointPool
 from dagger_jax.policies.generation import SamplingParams
 from dagger_jax.policies.local_sampler import LocalSampler
 from dagger_jax.policies.scripted_expert import ScriptedExpert
+from dagger_jax.storage.store import PathLike, local_dir
 
 KINDS = ("expert", "sglang", "openai")
 
@@ -57,7 +57,16 @@ class ActorSource:
     collect_sampling: SamplingParams      # the student acting in training collection
     eval_sampling: SamplingParams         # the student on held-out tasks (greedy)
     student_endpoints: tuple[str, ...] = ()
+    # Export sidecars (rollout/export_sidecar.py), one beside each student server (behind a
+    # router too: a weight load must reach every server), that load new weights into them;
+    # empty: the servers are asked themselves.
+    student_loaders: tuple[str, ...] = ()
     max_batch: int = 4                    # in-process sampler: requests decoded together
+
+    @property
+    def weight_loaders(self) -> tuple[str, ...]:
+        """Where new student weights are sent: the sidecars, else the servers themselves."""
+        return self.student_loaders or self.student_endpoints
 
     def sampling(self, greedy: bool) -> SamplingParams:
         return self.eval_sampling if greedy else self.collect_sampling
@@ -72,12 +81,13 @@ class ActorSource:
     def teacher(self, chat: ChatTokenizer) -> Actor:
         return build_actor(self.teacher_spec, chat, "teacher")
 
-    def student(self, chat: ChatTokenizer, greedy: bool, export_dir: Path,
+    def student(self, chat: ChatTokenizer, greedy: bool, export_dir: PathLike,
                 weight_version: str) -> Actor:
         spec = self.student_spec(greedy)
         if spec is not None:
             return build_actor(spec, chat, "student")
-        sampler = LocalSampler.from_hf_dir(export_dir, tokenizer=None, max_batch=self.max_batch,
+        sampler = LocalSampler.from_hf_dir(local_dir(export_dir), tokenizer=None,
+                                           max_batch=self.max_batch,
                                            weight_version=weight_version,
                                            vocab_limit=len(chat.tokenizer))
         return TokenActor("student", sampler, chat, self.sampling(greedy))

@@ -8,8 +8,10 @@
 
 A job is JSON: {"job": CollectionJob fields, "tasks_path": JSONL of tasks, "tokenizer_path":
 the student's tokenizer dir, "sandbox": "bwrap"|"docker", "student": actor spec, "teacher":
-actor spec, "concurrency": N, "records_per_shard": N}; shards go to job.out_dir (shared
-storage). A job is known by its id and its out_dir, so several runs (each its own out_dirs) can
+actor spec, "concurrency": N, "records_per_shard": N}. The three paths are local paths (storage
+shared with the run) or gs:// URLs in the run's bucket: the service then reads the task file
+and tokenizer from the bucket and publishes each shard there as it is listed
+(data/shard_sync.py), sharing no filesystem with the trainer. A job is known by its id and its out_dir, so several runs (each its own out_dirs) can
 share one service although every run names its jobs `iter001`, `iter002`, ...; without
 `?out_dir=` a status request names the only job with that id. Submitting is idempotent:
 resubmitting a running or finished job returns its status and starts nothing; a different job
@@ -35,7 +37,9 @@ from dagger_jax.envs.sandbox import make_backend
 from dagger_jax.envs.tasks.task import BadTaskLine, read_tasks
 from dagger_jax.rollout.actor_specs import build_actor
 from dagger_jax.rollout.collector import CollectionJob, collect
+from dagger_jax.rollout.serve_app import serve_forever
 from dagger_jax.rollout.stats import CollectorStats
+from dagger_jax.storage.store import local_dir, store_path
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +151,7 @@ class RolloutService:
     def _prepare(self, spec: ServiceJob):
         """Tasks, tokenizer, actors and sandbox backend of a job; errors say which input."""
         tasks, bad = {}, []
-        for item in read_tasks(spec.tasks_path):
+        for item in read_tasks(store_path(spec.tasks_path)):
             if isinstance(item, BadTaskLine):
                 bad.append(item.reason)
             else:
@@ -157,7 +161,8 @@ class RolloutService:
             raise ValueError(f"task ids not in {spec.tasks_path}: {missing[:5]}"
                              + (f" (bad lines there: {bad[:3]})" if bad else ""))
         if spec.tokenizer_path not in self._tokenizers:
-            self._tokenizers[spec.tokenizer_path] = ChatTokenizer.from_path(spec.tokenizer_path)
+            self._tokenizers[spec.tokenizer_path] = ChatTokenizer.from_path(
+                local_dir(spec.tokenizer_path))
         chat = self._tokenizers[spec.tokenizer_path]
         student = build_actor(spec.student, chat, "student")
         teacher = build_actor(spec.teacher, chat, "teacher")
@@ -194,19 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    async def serve() -> None:
-        runner = web.AppRunner(RolloutService().app())
-        await runner.setup()
-        await web.TCPSite(runner, args.host, args.port).start()
-        print(f"rollout service listening on http://{args.host}:{args.port}", flush=True)
-        await asyncio.Event().wait()
-
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
-    return 0
-
+    return serve_forever(RolloutService().app(), args.host, args.port, "rollout service")
 
 if __name__ == "__main__":
     sys.exit(main())

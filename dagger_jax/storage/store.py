@@ -11,7 +11,9 @@ a local directory that `staged_dir` then publishes.
 Publishing. Object storage has no atomic rename of a directory. A published directory is
 complete when its marker (`PUBLISHED`) exists; the marker is written after every other file,
 and removed first when the directory is replaced, so a reader never takes a half-copied
-directory for a whole one. On local disk the directory is renamed into place as before.
+directory for a whole one. The marker lists every file with its size and sha256, and a local
+copy (`local_dir`) is checked against it file by file. On local disk the directory is renamed
+into place as before.
 
 Emulator / other endpoints: gcsfs reads STORAGE_EMULATOR_HOST; tensorstore (Orbax's arrays)
 reads TENSORSTORE_GCS_HTTP_URL. docs/storage.md lists the variables.
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -33,6 +37,7 @@ from etils import epath
 
 PathLike = str | os.PathLike
 PUBLISHED = "PUBLISHED"
+log = logging.getLogger(__name__)
 
 # gcsfs caches directory listings per process, so a process would not see what another wrote
 # after it listed (a new checkpoint step, a host's shard, the state another host saved). The
@@ -119,9 +124,14 @@ def publish(source: Path, target: StorePath) -> None:
         marker.unlink()
     if target.exists():
         target.rmtree()
+    files = {}
     for file in sorted(p for p in source.rglob("*") if p.is_file()):
-        (target / file.relative_to(source).as_posix()).write_bytes(file.read_bytes())
-    marker.write_text(uuid.uuid4().hex)  # names this publication (local_dir's cache key)
+        data = file.read_bytes()
+        (target / file.relative_to(source).as_posix()).write_bytes(data)
+        files[file.relative_to(source).as_posix()] = {"bytes": len(data),
+                                                       "sha256": hashlib.sha256(data).hexdigest()}
+    # Names this publication (local_dir's cache key) and lists what a copy is checked against.
+    marker.write_text(json.dumps({"publication": uuid.uuid4().hex, "files": files}))
 
 
 def local_dir(source: PathLike, cache: PathLike | None = None) -> Path:
@@ -133,20 +143,50 @@ def local_dir(source: PathLike, cache: PathLike | None = None) -> Path:
         return Path(os.fspath(source))
     if not is_published(source):
         raise FileNotFoundError(f"{source}: not a published directory (no {PUBLISHED} marker)")
-    publication = (source / PUBLISHED).read_text()
-    key = hashlib.sha256(f"{source}\n{publication}".encode()).hexdigest()[:16]
+    marker = (source / PUBLISHED).read_text()
+    key = hashlib.sha256(f"{source}\n{marker}".encode()).hexdigest()[:16]
     root = Path(cache) if cache is not None else Path(tempfile.gettempdir()) / "dagger_jax_store"
     local = root / f"{source.name}-{key}"
     if (local / PUBLISHED).exists():
         return local
+    try:
+        files = json.loads(marker)["files"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{source / PUBLISHED}: not a publication marker this code wrote "
+                         "(no file list); publish the directory again") from None
     tmp = Path(tempfile.mkdtemp(prefix=f"{local.name}.tmp-", dir=_mkdirs(root)))
-    for file in _files_under(source):
-        relative = os.path.relpath(os.fspath(file), os.fspath(source))
-        (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / relative).write_bytes(file.read_bytes())
-    shutil.rmtree(local, ignore_errors=True)
-    tmp.rename(local)
+    try:
+        for relative, expected in files.items():
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / relative).write_bytes(verified_read(source / relative, expected))
+        (tmp / PUBLISHED).write_text(marker)
+        shutil.rmtree(local, ignore_errors=True)
+        tmp.rename(local)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return local
+
+
+class DamagedCopy(RuntimeError):
+    """A file of a published directory does not match its publication marker."""
+
+
+FETCH_ATTEMPTS = 2
+
+
+def verified_read(file: StorePath, expected: dict) -> bytes:
+    """The file's bytes, checked against `expected` ({"bytes", "sha256"}: what it was published
+    with): a download that differs is fetched again, then refused naming the file."""
+    for attempt in range(1, FETCH_ATTEMPTS + 1):
+        data = file.read_bytes()
+        if len(data) == expected["bytes"] and \
+                hashlib.sha256(data).hexdigest() == expected["sha256"]:
+            return data
+        log.warning("%s: download %d of %d differs from its publication (%d bytes, expected %d, "
+                    "or the sha256 differs)", file, attempt, FETCH_ATTEMPTS, len(data),
+                    expected["bytes"])
+    raise DamagedCopy(f"{file}: every download differs from what was published (size or "
+                      "sha256): the stored file is damaged; not used")
 
 
 def working_copy(source: PathLike, cache: PathLike | None = None) -> Path:
@@ -171,7 +211,7 @@ def write_text_atomic(path: PathLike, text: str) -> None:
         path.write_text(text)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")  # one per writer
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -179,12 +219,3 @@ def write_text_atomic(path: PathLike, text: str) -> None:
 def _mkdirs(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _files_under(directory: StorePath) -> list[StorePath]:
-    """Every file below a remote directory (epath's glob does not recurse with **)."""
-    files, pending = [], [directory]
-    while pending:
-        for child in pending.pop().iterdir():
-            (pending.append if child.is_dir() else files.append)(child)
-    return sorted(files, key=str)

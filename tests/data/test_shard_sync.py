@@ -90,10 +90,10 @@ def test_a_damaged_download_is_fetched_again_then_refused(gcs, tmp_path, records
     real_read = type(shard).read_bytes
     monkeypatch.setattr(type(shard), "read_bytes",
                         lambda self: next(answers) if self.name == shard.name else real_read(self))
-    with caplog.at_level(logging.WARNING, logger="dagger_jax.data.shard_sync"):
+    with caplog.at_level(logging.WARNING, logger="dagger_jax.storage.store"):
         copy = SyncedShardDir(target, cache=tmp_path / "first").pull()
     assert ids(copy) == [r.episode_id for r in records[:2]]
-    assert "download 1 of 2 does not match" in caplog.text
+    assert "download 1 of 2 differs" in caplog.text
     monkeypatch.setattr(type(shard), "read_bytes", real_read)
     # The stored object itself damaged (same size, other bytes): refused, naming it.
     shard.write_bytes(whole[:-1] + bytes([whole[-1] ^ 1]))

@@ -1,8 +1,10 @@
 """The outer loop collecting through the rollout service (config.loop.rollout_service).
 
-The integration test runs every part in its own process, as on a cluster: the rollout service
-(`python -m dagger_jax.rollout.service`), a stand-in SGLang server for the student
-(`tools/serve_local.py`) that starts on another model than the loop's, and
+The integration test runs every part in its own process, as on a cluster, each with a temp
+dir of its own and the run in a bucket (the GCS emulator), so that they share no path: the
+rollout service (`python -m dagger_jax.rollout.service`), a stand-in SGLang server for the
+student (`tools/serve_local.py`) that starts on another model than the loop's, its export
+sidecar (`python -m dagger_jax.rollout.export_sidecar`), and
 `python -m dagger_jax.main --config=configs/local.py:dagger` made tiny (one iteration at
 beta 0.5, so the student acts in training collection). It checks that the iteration's shards
 were written by the service, that the student's turns came from the stand-in server after it
@@ -34,6 +36,7 @@ import pytest
 
 from dagger_jax.storage import layout
 from dagger_jax.config_base import base_config
+from dagger_jax.data.shard_sync import SyncedShardDir
 from dagger_jax.data.shards import EpisodeSource, read_manifest
 from dagger_jax.envs.tasks.task import Task, read_tasks
 from dagger_jax.models.config import Qwen3Config
@@ -43,6 +46,7 @@ from dagger_jax.policies.actors import ExpertActor, TokenActor
 from dagger_jax.recipes.recipes import get_recipe
 from dagger_jax.settings import actor_source, read_settings, teacher_spec
 from dagger_jax.rollout.actor_specs import build_actor
+from dagger_jax.storage.store import is_published, store_path
 from tests.conftest import SUBPROCESS_XLA_FLAGS
 from tests.rollout.test_service import free_port, start_service
 
@@ -109,40 +113,60 @@ def random_params(config: Qwen3Config):
     return jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype), shapes)
 
 
-def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):
+def start_sidecar(server_url: str, cache: Path, log: Path, env: dict[str, str]):
+    """An export sidecar for the server on a free port; returns (process, its URL)."""
+    sidecar = subprocess.Popen([sys.executable, "-m", "dagger_jax.rollout.export_sidecar",
+                                "--server", server_url, "--port", "0", "--cache", str(cache)],
+                               stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env)
+    line = sidecar.stdout.readline().strip()
+    assert "listening on http://" in line, log.read_text()
+    return sidecar, line.rsplit(" ", 1)[-1]
+
+
+def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend, gcs):
+    """Every part has a temp dir of its own and the run is in a bucket (the GCS emulator): the
+    loop, the service, the student server and its export sidecar share no path."""
+    from tests.gcs_emulator import create_bucket
     began = time.monotonic()
-    env = environment(tmp_path)
-    workdir = (tmp_path / "run").resolve()  # as the loop names the paths it sends
+    workdir = create_bucket(gcs, "loop-service") + "/run"
+    run = store_path(workdir)
+    machines = {name: tmp_path / name for name in ("loop", "service", "fleet")}
+    env = {name: {**environment(machine), **gcs} for name, machine in machines.items()}
     # The run's tokenizer, made as main makes it (main then reuses it), and a model for the
     # stand-in server to start on: random weights that are not the loop's initial student.
     from dagger_jax.main import prepare_tokenizer
-    prepare_tokenizer(workdir, vocab_size=1024)
+    tokenizer = prepare_tokenizer(run, vocab_size=1024)
     other = export_hf(random_params(Qwen3Config(**MODEL)), Qwen3Config(**MODEL),
-                      tmp_path / "other_model", tokenizer_dir=layout.tokenizer_dir(workdir))
+                      machines["fleet"] / "other_model", tokenizer_dir=tokenizer)
     port = free_port()
     service_url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, str(ROOT / "tools" / "serve_local.py"), "--model",
                                str(other), "--port", "0", "--max-batch", "4",
                                "--weight-version", "standin"], stdout=subprocess.PIPE,
-                              stderr=(tmp_path / "server.log").open("w"), text=True, env=env)
+                              stderr=(tmp_path / "server.log").open("w"), text=True,
+                              env=env["fleet"])
     refused_dir, refused_log = tmp_path / "refused", tmp_path / "refused.log"
-    shutil.copytree(layout.tokenizer_dir(workdir), layout.tokenizer_dir(refused_dir))
-    service = refused = None
+    shutil.copytree(tokenizer, layout.tokenizer_dir(refused_dir))
+    service = refused = sidecar = None
     log_path = tmp_path / "loop.log"
+    sidecar_cache = machines["fleet"] / "exports"
     try:
-        service = start_service(port, tmp_path / "service.log")
+        service = start_service(port, tmp_path / "service.log", machines["service"] / "tmp")
         server_url = server.stdout.readline().strip()
         assert server_url.startswith("http://"), (tmp_path / "server.log").read_text()
+        sidecar, sidecar_url = start_sidecar(server_url, sidecar_cache, tmp_path / "sidecar.log",
+                                             env["fleet"])
         # Alongside the loop: the refusal, in a workdir of its own (the tokenizer copied).
         with refused_log.open("w") as out:
             refused = subprocess.Popen(refusal_command(refused_dir, service_url), cwd=ROOT,
-                                       env=env, stdout=out, stderr=subprocess.STDOUT)
+                                       env=env["loop"], stdout=out, stderr=subprocess.STDOUT)
         with log_path.open("w") as out:
             loop = subprocess.run(main_command(workdir,
                                                f"--config.loop.rollout_service={service_url}",
-                                               f"--config.loop.student_endpoints={server_url}"),
-                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=TIMEOUT_S)
+                                               f"--config.loop.student_endpoints={server_url}",
+                                               f"--config.loop.student_loaders={sidecar_url}"),
+                                  cwd=ROOT, env=env["loop"], stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=TIMEOUT_S)
         loop_log = log_path.read_text()
         assert loop.returncode == 0, loop_log[-5000:]
         job = get_json(f"{service_url}/jobs/iter001")
@@ -150,7 +174,7 @@ def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):
         model_info = get_json(f"{server_url}/get_model_info")
         refused.wait(timeout=TIMEOUT_S)
     finally:
-        for process in (p for p in (server, service, refused) if p is not None):
+        for process in (p for p in (server, service, refused, sidecar) if p is not None):
             process.kill()
             process.wait()
 
@@ -163,21 +187,22 @@ def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):
     assert "(iteration 2: beta=0.8" in refusal, refusal[-3000:]
     assert not (refused_dir / "checkpoints").exists()
 
-    state = json.loads((workdir / "state.json").read_text())
+    state = json.loads((run / "state.json").read_text())
 
-    # The training tasks went to the service as a task file in the workdir.
-    tasks = [t for t in read_tasks(workdir / "tasks" / "train.jsonl") if isinstance(t, Task)]
-    num_train = json.loads((workdir / "config.json").read_text())["tasks"]["num_train"]
+    # The training tasks went to the service as a task file in the bucket.
+    tasks = [t for t in read_tasks(run / "tasks" / "train.jsonl") if isinstance(t, Task)]
+    num_train = json.loads((run / "config.json").read_text())["tasks"]["num_train"]
     assert len(tasks) == num_train > TASKS  # all of configs/local.py's tasks; the job names 2
 
     # The service ran the iteration's job (and only it: evaluation stayed in the loop) and
-    # wrote its shards: one episode per task, named as in-process collection names them.
+    # published its shards to the bucket: one episode per task, named as in-process collection
+    # names them.
     assert job["state"] == "done", job
     report = job["report"]
     assert report["episodes_written"] == TASKS and report["episodes_skipped"] == 0, report
     assert health["jobs"] == 1, health
     assert "POST /jobs" in (tmp_path / "service.log").read_text()
-    data = workdir / "data" / "iter_001"
+    data = SyncedShardDir(run / "data" / "iter_001", cache=tmp_path / "check").pull()
     ids = [e for shard in read_manifest(data) for e in shard.episode_ids]
     assert sorted(ids) == sorted(f"iter001/{t.instance_id}/0" for t in tasks[:TASKS]), ids
     assert all(shard.startswith("iter001-") for shard in os.listdir(data)
@@ -188,7 +213,8 @@ def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):
 
     # The student's turns came from the stand-in server: the service's pool sent them there,
     # after the loop had it load the initial export (iter_000) in place of the model it
-    # started on; after training the loop loaded iter_001 on it.
+    # started on; after training the loop loaded iter_001 on it. Both went through the
+    # sidecar, which copied each export from the bucket to the fleet's disk.
     student_turns = sum(1 for r in records for t in r.turns if t.executor == "student")
     assert student_turns > 0, [[t.executor for t in r.turns] for r in records]
     [endpoint] = report["endpoints"]["student"]["endpoints"]
@@ -196,23 +222,30 @@ def test_loop_collects_through_the_rollout_service(tmp_path, bwrap_backend):
     assert report["stats"]["student_turns"] == student_turns, report["stats"]
     server_log = (tmp_path / "server.log").read_text()
     loads = re.findall(r"loaded weights from (\S+) \(version (\S+)\)", server_log)
-    assert loads[0] == (str(workdir / "exports" / "iter_000"), "iter000"), loads
-    assert loads[-1] == (str(workdir / "exports" / "iter_001"), state["weight_version"]), loads
+    assert [version for _, version in loads] == ["iter000", state["weight_version"]], loads
+    assert all(path.startswith(str(sidecar_cache)) for path, _ in loads), loads
+    sidecar_log = (tmp_path / "sidecar.log").read_text()
+    for export in ("iter_000", "iter_001"):
+        assert f"(copy of {workdir}/exports/{export})" in sidecar_log, sidecar_log[-3000:]
+    # The older copy was removed once the server held the newer weights.
+    assert [p.name.split("-")[0] for p in sidecar_cache.iterdir()] == ["iter_001"]
     assert model_info["weight_version"] == state["weight_version"], model_info
     assert loop_log.index("do not serve version iter000") < \
         loop_log.index("submitting rollout job iter001"), loop_log[-5000:]
 
     # Training ran on the service's episodes, and the iteration finished (evaluation included,
-    # in the loop's process: its shards are in the workdir, no job of the service).
+    # in the loop's process: its shards are in the bucket, no job of the service).
     trained = re.search(r"iteration 1: training steps (\d+)\.\.(\d+) on (\d+) examples", loop_log)
     assert trained and int(trained.group(2)) > int(trained.group(1)) and int(trained.group(3)) > 0
     assert (state["iteration"], state["phase"]) == (2, "collect"), state
     [row] = state["history"]
     assert row["train_steps"] == int(trained.group(2)) > 0, row
-    assert (workdir / "exports" / "iter_001" / "config.json").exists()
+    assert is_published(run / "exports" / "iter_001")
     # configs/local.py evaluates from iteration 2, but the last iteration always is evaluated.
-    evaluated = [e for shard in read_manifest(workdir / "eval" / "iter_001") for e in shard.episode_ids]
+    evaluated = [e for shard in read_manifest(SyncedShardDir(
+        run / "eval" / "iter_001", cache=tmp_path / "check").pull()) for e in shard.episode_ids]
     assert len(evaluated) == 1, evaluated
+    assert not (ROOT / "gs:").exists()
     print(f"loop through the rollout service: {time.monotonic() - began:.1f} s, "
           f"{student_turns} student turns, {row['train_steps']} steps")
 

@@ -217,9 +217,7 @@ def test_a_narrow_synthetic_family_repeats_fixes_but_never_a_training_repo(monke
         load_tasks(config)
 
 
-def test_loop_parts_that_need_a_shared_filesystem_are_refused_with_a_bucket_workdir():
-    # Until the rollout service and the student fleet take their files from the store, a
-    # gs:// workdir runs the loop with collection and the student in the training process.
+def test_a_student_fleet_without_export_sidecars_is_refused_with_a_bucket_workdir():
     from dagger_jax.main import refuse_remote_loop_parts
     from tests.recipes.test_loop_service import MODEL
     bucket = store_path("gs://bucket/run")
@@ -228,10 +226,11 @@ def test_loop_parts_that_need_a_shared_filesystem_are_refused_with_a_bucket_work
         config = loop_config(recipe, **loop)
         config.model.update(MODEL)
         return read_settings(config)
-    with pytest.raises(ValueError, match=r"gs://bucket/run: a rollout service .* needs a "
-                                         r"workdir on a filesystem it shares"):
-        refuse_remote_loop_parts(settings("sft", rollout_service="http://s:1"), bucket)
-    with pytest.raises(ValueError, match=r"gs://bucket/run: a student fleet .* loads each export "
-                                         r"from a path on its hosts"):
+
+    with pytest.raises(ValueError, match=r"gs://bucket/run: the student servers .* cannot read "
+                                         r"exports in a bucket; start an export sidecar"):
         refuse_remote_loop_parts(settings("dagger", student_endpoints="http://s:1"), bucket)
-    refuse_remote_loop_parts(settings("dagger"), bucket)  # in-process: runs
+    refuse_remote_loop_parts(settings("dagger", student_endpoints="http://s:1",
+                                      student_loaders="http://s:2"), bucket)
+    refuse_remote_loop_parts(settings("dagger"), bucket)  # the in-process student
+    refuse_remote_loop_parts(settings("sft", rollout_service="http://r:1"), bucket)

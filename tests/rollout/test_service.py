@@ -1,11 +1,13 @@
 """The rollout service in its own process: jobs over HTTP, idempotent ids, and a SIGKILL in the
-middle of a job after which a new service finishes the iteration with nothing lost or doubled."""
+middle of a job after which a new service finishes the iteration with nothing lost or doubled
+(through a bucket: the service and the trainer share no path)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,14 +18,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from dagger_jax.data.shard_sync import SyncedShardDir
 from dagger_jax.data.shards import EpisodeSource, read_manifest
 from dagger_jax.envs.tasks.synthetic import generate_tasks
-from dagger_jax.envs.tasks.task import write_tasks
+from dagger_jax.envs.tasks.task import tasks_jsonl, write_tasks
 from dagger_jax.rollout.collector import CollectionJob
 from dagger_jax.rollout.mixed_episode import EpisodeSettings
 from dagger_jax.rollout.mixing import RolloutRule
 from dagger_jax.rollout.service import ServiceJob
 from dagger_jax.rollout.service_client import RolloutServiceClient, RolloutServiceError
+from dagger_jax.storage.store import staged_dir, store_path
 
 # Real sandboxes, servers or whole runs: left out of make test-fast.
 pytestmark = pytest.mark.slow
@@ -37,9 +41,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(port: int, log: Path) -> subprocess.Popen:
+def start_service(port: int, log: Path, tmp: Path | None = None) -> subprocess.Popen:
+    """The service on `port`; with `tmp`, its temp dir (its working copies of shards) there."""
+    env = None
+    if tmp is not None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp)}
     process = subprocess.Popen([sys.executable, "-m", "dagger_jax.rollout.service", "--port", str(port)],
-                               stdout=log.open("a"), stderr=subprocess.STDOUT)
+                               stdout=log.open("a"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -118,11 +127,25 @@ def test_jobs_over_http_are_idempotent_and_bad_jobs_are_refused(tmp_path, chat_d
         service.wait()
 
 
-def test_a_killed_service_loses_and_doubles_nothing(tmp_path, chat_dir, bwrap_backend):
+def test_a_killed_service_loses_and_doubles_nothing(tmp_path, chat_dir, bwrap_backend, gcs):
+    """The service and the trainer share nothing but the bucket (the GCS emulator): the job
+    names the task file, tokenizer and shard directory by gs:// URL, each service process has a
+    temp dir of its own, and the trainer reads the shards through its own copy. Killed once its
+    first shards are published, a new service (on another temp dir: another machine) finishes
+    the job: every episode stored once."""
+    from tests.gcs_emulator import create_bucket
+    bucket = store_path(create_bucket(gcs, "service-kill"))
+    (bucket / "tasks.jsonl").write_text(tasks_jsonl(TASKS))
+    with staged_dir(bucket / "tokenizer") as staged:
+        shutil.copytree(chat_dir, staged, dirs_exist_ok=True)
+    local = service_job(tmp_path, chat_dir, k=2)
+    job = ServiceJob(**{**local.__dict__, "tasks_path": str(bucket / "tasks.jsonl"),
+                        "tokenizer_path": str(bucket / "tokenizer"),
+                        "job": dataclasses.replace(local.job, out_dir=str(bucket / "iter_000"))})
+    trainer_copy = SyncedShardDir(job.job.out_dir, cache=tmp_path / "trainer")
     port = free_port()
     log = tmp_path / "service.log"
-    job = service_job(tmp_path, chat_dir, k=2)
-    service = start_service(port, log)
+    service = start_service(port, log, tmp_path / "service-a")
     client = RolloutServiceClient(f"http://127.0.0.1:{port}", poll_s=0.2)
 
     async def submit_and_wait_for_some_shards():
@@ -131,8 +154,7 @@ def test_a_killed_service_loses_and_doubles_nothing(tmp_path, chat_dir, bwrap_ba
                 assert r.status == 202, await r.text()
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            out = Path(job.job.out_dir)
-            if out.exists() and len(read_manifest(out)) >= 2:
+            if len(read_manifest(trainer_copy.pull())) >= 2:
                 return
             await asyncio.sleep(0.1)
         raise AssertionError("no shards appeared")
@@ -140,17 +162,19 @@ def test_a_killed_service_loses_and_doubles_nothing(tmp_path, chat_dir, bwrap_ba
     asyncio.run(submit_and_wait_for_some_shards())
     os.kill(service.pid, signal.SIGKILL)
     service.wait()
-    before = len(EpisodeSource(job.job.out_dir))
+    before = len(EpisodeSource(trainer_copy.pull()))
     assert 4 <= before < 20
-    service = start_service(port, log)  # a new process on the same port
+    service = start_service(port, log, tmp_path / "service-b")  # a new process, same port
     try:
         report = asyncio.run(client.run(job))
     finally:
         service.kill()
         service.wait()
-    source = EpisodeSource(job.job.out_dir)
+    source = EpisodeSource(trainer_copy.pull())
     ids = source.episode_ids()
     assert sorted(ids) == sorted(eid for eid, _ in job.job.episode_ids())  # all, once each
     assert report["episodes_skipped"] >= before and report["episodes_written"] == 20 - report["episodes_skipped"]
-    manifest_ids = [eid for shard in read_manifest(job.job.out_dir) for eid in shard.episode_ids]
+    manifest_ids = [eid for shard in read_manifest(trainer_copy.local) for eid in shard.episode_ids]
     assert len(manifest_ids) == len(set(manifest_ids)) == 20
+    # No shard was written where the trainer keeps its files.
+    assert not (tmp_path / "iter_000").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from dagger_jax.storage.store import (PUBLISHED, is_published, local_dir, staged_dir,
+from dagger_jax.storage.store import (PUBLISHED, DamagedCopy, is_published, local_dir, staged_dir,
                                       store_path)
 from tests.gcs_emulator import create_bucket, object_names
 
@@ -47,3 +47,16 @@ def test_an_unpublished_remote_directory_is_not_read(gcs):
 def test_a_location_that_is_neither_local_nor_gs_is_refused(text):
     with pytest.raises(ValueError, match="a local path or gs://bucket/path"):
         store_path(text)
+
+
+def test_a_copy_is_checked_file_by_file_against_its_publication(gcs, tmp_path):
+    bucket = create_bucket(gcs, "store-damaged")
+    target = store_path(bucket) / "export"
+    with staged_dir(target) as staged:
+        (staged / "model.safetensors").write_bytes(b"weights" * 100)
+    stored = target / "model.safetensors"
+    # The object changed after publication (same size, other bytes): both downloads differ.
+    stored.write_bytes(b"Weights" + b"weights" * 99)
+    with pytest.raises(DamagedCopy, match=r"export/model.safetensors: every download differs"):
+        local_dir(target, cache=tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("export-*/model.safetensors"))  # no copy kept

@@ -91,23 +91,26 @@ class BadTaskLine:
     reason: str
 
 
+def tasks_jsonl(tasks: Iterable[Task]) -> str:
+    """Tasks as the JSONL text of a task file (one object per line, keys sorted)."""
+    return "".join(json.dumps(task.to_json(), sort_keys=True) + "\n" for task in tasks)
+
+
 def write_tasks(tasks: Iterable[Task], path: str | Path) -> int:
     """Writes tasks as JSONL atomically (temp file, then rename); returns the count."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    count = 0
-    with tmp.open("w") as f:
-        for task in tasks:
-            f.write(json.dumps(task.to_json(), sort_keys=True) + "\n")
-            count += 1
+    text = tasks_jsonl(tasks)
+    tmp.write_text(text)
     tmp.rename(path)
-    return count
+    return text.count("\n")
 
 
 def read_jsonl_tasks(path: str | Path, to_task: Callable[[dict, str], Task]
                      ) -> Iterator[Task | BadTaskLine]:
-    """Yields `to_task(object, where)` per line, or a BadTaskLine saying what is wrong and where."""
-    path = Path(path)
+    """Yields `to_task(object, where)` per line, or a BadTaskLine saying what is wrong and where.
+    `path` may be any path object that opens (an etils.epath path in object storage, say)."""
+    path = Path(path) if isinstance(path, str) else path
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} does not exist")
     with path.open() as f:
