@@ -17,7 +17,8 @@ usage() {
   cat <<EOF
 usage: $PROG [--teacher-model M] [--student-model DIR] [--teacher-servers N] [--student-servers N]
        [--teacher-tp G] [--student-tp G] [--hosts H1,H2,...] [--gpus-per-host N]
-       [--teacher-port P] [--student-port P] [--router] [--router-port P] [--python PY]
+       [--teacher-port P] [--student-port P] [--router] [--router-port P] [--sidecar-port P]
+       [--python PY]
        [--log-dir DIR] [--context-length N] [--timeout S] [--poll S] [--dry-run]
        [-- SERVER_ARGS...]
 
@@ -26,7 +27,10 @@ per server and prints, once all are healthy:
   teacher_endpoints=http://h:p,...   student_endpoints=http://h:p,...
 With --router each role gets one 'PY -m sglang_router.launch_router' on the first host, its
 endpoint is the router, and teacher_workers= / student_workers= list the servers themselves
-(weight reloads must reach every worker, not the router).
+(weight reloads must reach every worker, not the router). With --sidecar-port each student
+server gets an export sidecar on its host ('PY -m dagger_jax.rollout.export_sidecar'), which
+copies each export from the run's bucket to that host before the server loads it, and
+student_loaders= lists them (a gs:// workdir: the trainer and the fleet share no disk).
 
   --teacher-model M     teacher model (HF id or path on the hosts), e.g.
                         Qwen/Qwen3-Coder-30B-A3B-Instruct
@@ -43,6 +47,9 @@ endpoint is the router, and teacher_workers= / student_workers= list the servers
   --student-port P      first student port (default 31000)
   --router              put sglang_router in front of each role (cache-aware routing)
   --router-port P       teacher router port; the student router uses P+1 (default 32000)
+  --sidecar-port P      start an export sidecar beside student server k on port P+k (needs
+                        dagger_jax installed on the hosts: pip install -e '.[fleet]'); copies
+                        go to LOG_DIR/exports
   --python PY           python with sglang installed, on the hosts (default python)
   --log-dir DIR         server logs, same path on every host (default /tmp/sglang_fleet)
   --context-length N    SGLang --context-length for every server: the run's context (the
@@ -86,7 +93,7 @@ display_words() {
 teacher_model="" student_model="" teacher_servers=1 student_servers=1 teacher_tp=1 student_tp=1
 hosts_csv="127.0.0.1" gpus_per_host=8 teacher_port=30000 student_port=31000
 router=0 router_port=32000 python_bin="python" log_dir="/tmp/sglang_fleet"
-timeout_s=1800 poll_s=5 dry_run=0 context_length=""
+timeout_s=1800 poll_s=5 dry_run=0 context_length="" sidecar_port=""
 server_args=()
 
 # Value of a flag given as `--flag VALUE` or `--flag=VALUE`; sets `shift_by` for the caller.
@@ -118,6 +125,7 @@ while [ "$#" -gt 0 ]; do
     --teacher-port|--teacher-port=*) flag_value --teacher-port "$@"; teacher_port="$value" ;;
     --student-port|--student-port=*) flag_value --student-port "$@"; student_port="$value" ;;
     --router-port|--router-port=*) flag_value --router-port "$@"; router_port="$value" ;;
+    --sidecar-port|--sidecar-port=*) flag_value --sidecar-port "$@"; sidecar_port="$value" ;;
     --python|--python=*) flag_value --python "$@"; python_bin="$value" ;;
     --log-dir|--log-dir=*) flag_value --log-dir "$@"; log_dir="$value" ;;
     --timeout|--timeout=*) flag_value --timeout "$@"; timeout_s="$value" ;;
@@ -143,6 +151,8 @@ for pair in "teacher-servers:$teacher_servers" "student-servers:$student_servers
   is_count "${pair#*:}" || die_usage "--${pair%%:*} must be a non-negative integer, got '${pair#*:}'"
 done
 [[ "$poll_s" =~ ^[0-9]+([.][0-9]+)?$ ]] || die_usage "--poll must be a number of seconds, got '$poll_s'"
+[ -z "$sidecar_port" ] || is_count "$sidecar_port" \
+  || die_usage "--sidecar-port must be a non-negative integer, got '$sidecar_port'"
 [ -z "$context_length" ] || [[ "$context_length" =~ ^[1-9][0-9]*$ ]] \
   || die_usage "--context-length must be a positive integer, got '$context_length'"
 for pair in "teacher-tp:$teacher_tp" "student-tp:$student_tp" "gpus-per-host:$gpus_per_host"; do
@@ -157,6 +167,9 @@ fi
 if [ -n "$student_model" ] && [ "$student_servers" -eq 0 ]; then
   die_usage "--student-servers must be at least 1 with --student-model"
 fi
+if [ -n "$sidecar_port" ] && [ "$student_servers" -eq 0 ]; then
+  die_usage "--sidecar-port serves student servers: give --student-model"
+fi
 
 # Port ranges of the roles and routers must not overlap (servers may share a host).
 ranges_overlap() {  # start1 count1 start2 count2
@@ -164,10 +177,15 @@ ranges_overlap() {  # start1 count1 start2 count2
 }
 n_routers=0
 [ "$router" = 0 ] || n_routers=2
+n_sidecars=0 sidecar_first="${sidecar_port:-0}"
+[ -z "$sidecar_port" ] || n_sidecars="$student_servers"
 if ranges_overlap "$teacher_port" "$teacher_servers" "$student_port" "$student_servers" ||
    ranges_overlap "$teacher_port" "$teacher_servers" "$router_port" "$n_routers" ||
-   ranges_overlap "$student_port" "$student_servers" "$router_port" "$n_routers"; then
-  die_usage "port ranges overlap: teacher $teacher_port+$teacher_servers, student $student_port+$student_servers, routers $router_port+$n_routers"
+   ranges_overlap "$student_port" "$student_servers" "$router_port" "$n_routers" ||
+   ranges_overlap "$sidecar_first" "$n_sidecars" "$teacher_port" "$teacher_servers" ||
+   ranges_overlap "$sidecar_first" "$n_sidecars" "$student_port" "$student_servers" ||
+   ranges_overlap "$sidecar_first" "$n_sidecars" "$router_port" "$n_routers"; then
+  die_usage "port ranges overlap: teacher $teacher_port+$teacher_servers, student $student_port+$student_servers, routers $router_port+$n_routers, sidecars $sidecar_first+$n_sidecars"
 fi
 
 hosts=()
@@ -354,6 +372,25 @@ if [ "$router" = 1 ]; then
   [ "$dry_run" = 1 ] || wait_healthy "$first_router" "${#launched_pid[@]}"
 fi
 
+# Export sidecars beside the student servers, once those answer (a sidecar's health is its
+# server's): each on its server's host, talking to it over loopback.
+student_loaders=""
+if [ -n "$sidecar_port" ]; then
+  first_sidecar=${#launched_pid[@]}
+  k=0
+  for ((i = 0; i < n_servers; i++)); do
+    [ "${srv_role[i]}" = student ] || continue
+    sport=$((sidecar_port + k))
+    k=$((k + 1))
+    surl="$(url_of "${srv_host[i]}" "$sport")"
+    launch "${srv_host[i]}" "$log_dir/student-sidecar-$sport.log" "$surl" \
+      "$python_bin" -m dagger_jax.rollout.export_sidecar --host 0.0.0.0 --port "$sport" \
+      --server "$(url_of 127.0.0.1 "${srv_port[i]}")" --cache "$log_dir/exports"
+    student_loaders="${student_loaders:+$student_loaders,}$surl"
+  done
+  [ "$dry_run" = 1 ] || wait_healthy "$first_sidecar" "${#launched_pid[@]}"
+fi
+
 trap - INT TERM
 
 # The result, on stdout, one config line per role.
@@ -364,6 +401,7 @@ fi
 if [ -n "$student_workers" ]; then
   printf 'student_endpoints=%s\n' "$student_endpoints"
   [ "$router" = 0 ] || printf 'student_workers=%s\n' "$student_workers"
+  [ -z "$student_loaders" ] || printf 'student_loaders=%s\n' "$student_loaders"
 fi
 if [ "$dry_run" = 0 ]; then
   for ((i = 0; i < ${#launched_pid[@]}; i++)); do

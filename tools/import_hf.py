@@ -22,6 +22,8 @@ from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_import import load_hf_params
 from dagger_jax.models.qwen3 import params_shape
 from dagger_jax.models.sharding import abstract_sharded_params, make_mesh
+from dagger_jax.storage.store import (PathLike, StorePath, StoreUnavailable, check_writable,
+                                      staged_dir, store_path)
 from dagger_jax.tokenizer import load_tokenizer, save_tokenizer
 from dagger_jax.train.checkpoint import Checkpointer
 
@@ -33,7 +35,11 @@ def parse_mesh(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--mesh {text!r}: expected four ints (data,fsdp,sequence,tensor) like 1,-1,1,1") from None
 
 
-def import_hf(hf_dir: Path, workdir: Path, mesh_shape: tuple[int, ...] = (1, -1, 1, 1)) -> Path:
+def import_hf(hf_dir: Path, workdir: PathLike, mesh_shape: tuple[int, ...] = (1, -1, 1, 1)
+              ) -> StorePath:
+    """W may be a local directory or gs://bucket/path (storage/store.py)."""
+    workdir = store_path(workdir)
+    check_writable(workdir)
     config = Qwen3Config.from_hf_dir(hf_dir)
     checkpointer = Checkpointer(layout.checkpoints_dir(workdir))
     if checkpointer.all_steps():
@@ -47,20 +53,22 @@ def import_hf(hf_dir: Path, workdir: Path, mesh_shape: tuple[int, ...] = (1, -1,
     checkpointer.close()
     has_tokenizer = (hf_dir / "tokenizer.json").is_file() or (hf_dir / "tokenizer_config.json").is_file()
     if has_tokenizer and jax.process_index() == 0:
-        save_tokenizer(load_tokenizer(hf_dir), layout.tokenizer_dir(workdir))
+        with staged_dir(layout.tokenizer_dir(workdir)) as staged:
+            save_tokenizer(load_tokenizer(hf_dir), staged)
     return checkpointer.directory / "0"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hf-dir", type=Path, required=True, help="Hugging Face Qwen3 directory")
-    parser.add_argument("--workdir", type=Path, required=True, help="run directory to create")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory to create: a local path or gs://bucket/path")
     parser.add_argument("--mesh", type=parse_mesh, default=(1, -1, 1, 1), help="data,fsdp,sequence,tensor")
     args = parser.parse_args(argv)
     quiet_library_logs()
     try:
         path = import_hf(args.hf_dir, args.workdir, args.mesh)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, StoreUnavailable) as e:
         print(f"import_hf: {e}", file=sys.stderr)
         return 1
     print(f"imported {args.hf_dir} -> {path}")

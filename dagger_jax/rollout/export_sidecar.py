@@ -16,7 +16,8 @@ listing each file's size and sha256) and sends SGLang's own weight request to th
            (SGLang's shape: {"success", "message"}, HTTP 400 when it is false).
     GET  /get_model_info            the server's own answer (the trainer asks which version
                                     each server holds through the sidecar it loads through)
-    GET  /health                    200 once the server answers /health_generate
+    GET  /health, /health_generate  200 once the server answers /health_generate (what
+                                    launch/sglang_fleet.sh waits for)
 
 Older copies are removed once the server has loaded a newer one (an 8B export is 16 GB).
 
@@ -52,7 +53,8 @@ class ExportSidecar:
         app = web.Application()
         app.add_routes([web.post("/update_weights_from_disk", self.update_weights),
                         web.get("/get_model_info", self.model_info),
-                        web.get("/health", self.health)])
+                        web.get("/health", self.health),
+                        web.get("/health_generate", self.health)])
         app.on_cleanup.append(self._close)
         return app
 

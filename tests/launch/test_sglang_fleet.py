@@ -33,14 +33,14 @@ def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 def config_lines(stdout: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in stdout.splitlines()
-                if line.split("=", 1)[0].endswith(("_endpoints", "_workers")))
+                if line.split("=", 1)[0].endswith(("_endpoints", "_workers", "_loaders")))
 
 
 def launched(stdout: str) -> list[tuple[str | None, list[str], str]]:
     """(ssh host or None, argv run under nohup, log file) per printed command."""
     out = []
     for line in stdout.splitlines():
-        if line.split("=", 1)[0].endswith(("_endpoints", "_workers")):
+        if line.split("=", 1)[0].endswith(("_endpoints", "_workers", "_loaders")):
             continue
         words = shlex.split(line)
         host = None
@@ -118,6 +118,24 @@ def test_dry_run_spreads_servers_over_ssh_hosts_with_routers_in_front():
         "student_workers": "http://gpu-a:31000,http://gpu-b:31001,http://gpu-a:31002"}
 
 
+def test_dry_run_puts_an_export_sidecar_beside_each_student_server():
+    result = run_script("--teacher-model", TEACHER, "--student-model", "/ckpt/s",
+                        "--student-servers", "2", "--hosts", "gpu-a,gpu-b", "--router",
+                        "--sidecar-port", "31500", "--log-dir", "/tmp/fleet", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    sidecars = [(host, argv) for host, argv, _ in launched(result.stdout)
+                if "dagger_jax.rollout.export_sidecar" in argv]
+    # On the server's host, to its server over loopback (the server's disk is the sidecar's).
+    assert sidecars == [
+        (host, ["python", "-m", "dagger_jax.rollout.export_sidecar", "--host", "0.0.0.0",
+                "--port", str(31500 + k), "--server", f"http://127.0.0.1:{31000 + k}",
+                "--cache", "/tmp/fleet/exports"])
+        for k, host in enumerate(["gpu-b", "gpu-a"])]
+    lines = config_lines(result.stdout)
+    assert lines["student_loaders"] == "http://gpu-b:31500,http://gpu-a:31501"
+    assert lines["student_workers"] == "http://gpu-b:31000,http://gpu-a:31001"
+
+
 def test_quoted_server_args_survive_into_the_remote_command():
     tricky = ["--chat-template", "it's \"quoted\" $HOME & `x`", "--note=two words", ""]
     result = run_script("--student-model", "/ckpt/my student", "--hosts", "gpu-a",
@@ -143,6 +161,11 @@ def test_quoted_server_args_survive_into_the_remote_command():
     (["--teacher-model", "m", "--bogus"], 2, "unknown argument '--bogus'"),
     (["--teacher-model", "m", "--context-length", "64k"], 2,
      "--context-length must be a positive integer, got '64k'"),
+    (["--teacher-model", "m", "--sidecar-port", "31500"], 2,
+     "--sidecar-port serves student servers: give --student-model"),
+    (["--student-model", "s", "--student-servers", "2", "--sidecar-port", "30999"], 2,
+     "port ranges overlap"),
+    (["--student-model", "s", "--sidecar-port", "x"], 2, "--sidecar-port must be"),
 ])
 def test_bad_arguments_are_refused_with_a_reason(args, code, message):
     result = run_script(*args, "--dry-run")
@@ -228,14 +251,19 @@ def test_starts_servers_and_routers_waits_for_health_and_prints_endpoints(fake, 
     env, state = fake
     result = run_script("--teacher-model", TEACHER, "--student-model", "/ckpt/s",
                         "--student-servers", "2", "--student-tp", "2", "--router",
-                        "--log-dir", str(tmp_path / "logs"), "--poll", "0.05",
-                        "--", "--mem-fraction-static", "0.8", env=env)
+                        "--sidecar-port", "31500", "--log-dir", str(tmp_path / "logs"),
+                        "--poll", "0.05", "--", "--mem-fraction-static", "0.8", env=env)
     assert result.returncode == 0, result.stderr
     assert config_lines(result.stdout) == {
         "teacher_endpoints": "http://127.0.0.1:32000",
         "teacher_workers": "http://127.0.0.1:30000",
         "student_endpoints": "http://127.0.0.1:32001",
-        "student_workers": "http://127.0.0.1:31000,http://127.0.0.1:31001"}
+        "student_workers": "http://127.0.0.1:31000,http://127.0.0.1:31001",
+        "student_loaders": "http://127.0.0.1:31500,http://127.0.0.1:31501"}
+    assert argv_of(state, 31501) == ["-m", "dagger_jax.rollout.export_sidecar", "--host",
+                                     "0.0.0.0", "--port", "31501", "--server",
+                                     "http://127.0.0.1:31001", "--cache",
+                                     str(tmp_path / "logs" / "exports")]
     assert argv_of(state, 30000) == server_argv(TEACHER, 30000, 1, "0",
                                                 "--mem-fraction-static", "0.8")[3:]
     assert (state / "gpus-30000").read_text() == "0"
@@ -246,12 +274,12 @@ def test_starts_servers_and_routers_waits_for_health_and_prints_endpoints(fake, 
                                      "http://127.0.0.1:31000", "http://127.0.0.1:31001"]
     checked = set((state / "curl.log").read_text().split())
     assert checked == {f"http://127.0.0.1:{p}/health_generate"
-                       for p in (30000, 31000, 31001, 32000, 32001)}
+                       for p in (30000, 31000, 31001, 32000, 32001, 31500, 31501)}
     assert (tmp_path / "logs" / "student-router-32001.log").exists()
     # The fleet outlives the script, and the script says how to stop each process.
     pids = [int(line.rsplit(" ", 1)[1]) for line in result.stderr.splitlines()
             if "with: kill" in line]
-    assert len(pids) == 5 and all(alive(p) for p in pids)
+    assert len(pids) == 7 and all(alive(p) for p in pids)
 
 
 def test_remote_hosts_are_started_over_ssh(fake, tmp_path):

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import transformers
 
+from dagger_jax.storage.store import store_path
+from dagger_jax.train.checkpoint import Checkpointer
 from tests.models.hf_fixtures import hf_logits, make_hf_qwen3
 
 # Real sandboxes, servers or whole runs: left out of make test-fast.
@@ -41,11 +43,16 @@ def test_import_then_export_round_trips_through_transformers(tmp_path):
     assert np.max(np.abs(ours - ref)) <= 1e-5 * np.max(np.abs(ref))
 
 
-def test_import_refuses_a_workdir_that_has_checkpoints(tmp_path):
+def test_import_into_a_bucket_then_refuses_a_workdir_that_has_checkpoints(tmp_path, gcs):
+    from tests.gcs_emulator import create_bucket
+    workdir = create_bucket(gcs, "imports") + "/w"
     make_hf_qwen3(tmp_path / "hf")
-    assert run_tool("import_hf.py", "--hf-dir", tmp_path / "hf", "--workdir", tmp_path / "w").returncode == 0
-    again = run_tool("import_hf.py", "--hf-dir", tmp_path / "hf", "--workdir", tmp_path / "w")
+    imported = run_tool("import_hf.py", "--hf-dir", tmp_path / "hf", "--workdir", workdir)
+    assert imported.returncode == 0, imported.stderr
+    assert Checkpointer(store_path(workdir) / "checkpoints").all_steps() == [0]
+    again = run_tool("import_hf.py", "--hf-dir", tmp_path / "hf", "--workdir", workdir)
     assert again.returncode == 1 and "already holds steps [0]" in again.stderr
+    assert not (ROOT / "gs:").exists()
 
 
 @pytest.mark.parametrize("breakage, message", [
