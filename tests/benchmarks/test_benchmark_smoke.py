@@ -132,3 +132,16 @@ def test_attention_block_benchmark_runs(tmp_path):
         assert row["median_step_s"] > 0 and math.isfinite(row["relative_to_first"])
     with pytest.raises(ValueError, match="does not divide"):
         module.run(str(config), [48], steps=1)
+
+
+def test_shard_transfer_benchmark_moves_every_shard_each_way():
+    """benchmarks/shard_transfer.py on two small shards (it checks itself that the pulled
+    manifest equals the pushed one); here, that every way was timed."""
+    spec = importlib.util.spec_from_file_location(
+        "_bench_transfer", Path(__file__).resolve().parents[2] / "benchmarks" / "shard_transfer.py")
+    transfer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transfer)
+    result = transfer.run(shards=2, shard_bytes=4096, rounds=1)
+    assert set(result["ways"]) == {"copy", "sha256", "push", "pull"}
+    assert all(row["mb_per_s"] > 0 and len(row["seconds"]) == 1 for row in result["ways"].values())
+    assert result["ways"]["copy"]["ratio_to_copy"] == 1.0
