@@ -18,17 +18,21 @@ from dagger_jax.models.config import Qwen3Config
 from dagger_jax.models.hf_export import EXPORT_DTYPES, export_hf
 from dagger_jax.models.qwen3 import params_shape
 from dagger_jax.models.sharding import abstract_sharded_params, make_mesh
+from dagger_jax.storage.store import PathLike, local_dir, store_path
 from dagger_jax.train.checkpoint import Checkpointer
 
 
-def export_checkpoint(workdir: Path, out: Path, step: int | None = None, dtype: str = "float32",
-                      max_shard_bytes: int = 2 * 1024**3) -> Path:
+def export_checkpoint(workdir: PathLike, out: Path, step: int | None = None,
+                      dtype: str = "float32", max_shard_bytes: int = 2 * 1024**3) -> Path:
+    """W may be local or gs://bucket/path; DIR is local."""
+    workdir = store_path(workdir)
     checkpointer = Checkpointer(layout.checkpoints_dir(workdir), max_to_keep=None)
     meta = checkpointer.meta(step)
     config = Qwen3Config.from_dict(meta["model_config"], where=f"checkpoint meta of {workdir}")
     target = abstract_sharded_params(params_shape(config), make_mesh((1, -1, 1, 1)))
     step, params, _ = checkpointer.restore(meta["step"] if step is None else step, config, target, None)
-    tokenizer = layout.tokenizer_dir(workdir) if layout.has_tokenizer(workdir) else None
+    tokenizer = local_dir(layout.tokenizer_dir(workdir)) if layout.has_tokenizer(workdir) \
+        else None
     if tokenizer is None:
         print(f"export_hf: warning: {layout.tokenizer_dir(workdir)} holds no tokenizer; "
               "the export will have none", file=sys.stderr)
@@ -40,7 +44,7 @@ def export_checkpoint(workdir: Path, out: Path, step: int | None = None, dtype: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--workdir", required=True, help="a local path or gs://bucket/path")
     parser.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dtype", choices=sorted(EXPORT_DTYPES), default="float32")

@@ -27,6 +27,7 @@ from typing import Any
 
 from dagger_jax.agent import parse_action
 from dagger_jax.data.examples import plan_examples
+from dagger_jax.data.shard_sync import pulled
 from dagger_jax.data.records import EpisodeRecord, RecordError
 from dagger_jax.data.shards import (
     MANIFEST,
@@ -36,16 +37,18 @@ from dagger_jax.data.shards import (
     read_manifest,
 )
 from dagger_jax.storage.layout import all_iteration_dirs, iteration_dirs_in, iteration_of
+from dagger_jax.storage.store import StorePath, store_path
 
 # Example statistics without a length limit: what the episodes would cost to train on.
 _NO_LIMIT = 2**62
 
 
-def record_dirs(path: Path) -> list[Path]:
-    """The iteration directories that path (workdir, data dir or iter dir) stands for."""
+def record_dirs(path: StorePath) -> list[Path]:
+    """The iteration directories that path (workdir, data dir or iter dir; local or gs://)
+    stands for, as local directories (a bucket's pulled into working copies)."""
     if (path / MANIFEST).exists() or iteration_of(path) is not None:
-        return [path]
-    return iteration_dirs_in(path) or all_iteration_dirs(path)
+        return pulled([path])
+    return pulled(iteration_dirs_in(path) or all_iteration_dirs(path))
 
 
 def iteration_stats(directory: Path, records: Iterable[EpisodeRecord]) -> dict[str, Any]:
@@ -212,7 +215,8 @@ def render_episode(record: EpisodeRecord) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dir", type=Path, help="a workdir, its data/ dir, or one iter_NNN dir")
+    parser.add_argument("dir", type=store_path,
+                        help="a workdir, its data/ dir, or one iter_NNN dir (local or gs://)")
     parser.add_argument("--dump", metavar="EPISODE_ID", help="print this episode as text")
     parser.add_argument("--actions", action="store_true",
                         help="print each episode as action letters, then a first-edit summary "

@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 from dagger_jax.reports.curves import X_AXES, draw_curves, evaluated_history
+from dagger_jax.storage.store import store_path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+", type=Path)
+    parser.add_argument("workdirs", nargs="+", type=store_path,
+                        help="loop workdirs: local paths or gs://bucket/path")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--x", choices=X_AXES, default="iteration")
     parser.add_argument("--labels", help="comma-separated names (default: the workdirs' names)")
