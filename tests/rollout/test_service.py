@@ -60,12 +60,14 @@ def start_service(port: int, log: Path, tmp: Path | None = None) -> subprocess.P
     raise AssertionError(f"service did not start: {log.read_text()}")
 
 
-def service_job(tmp_path, chat_dir, job_id="iter0", **kw) -> ServiceJob:
+def service_job(tmp_path, chat_dir, job_id="iter0", tasks: int = len(TASKS), **kw) -> ServiceJob:
+    """A job over the first `tasks` of TASKS (the task file holds all of them)."""
     tasks_path = tmp_path / "tasks.jsonl"
     if not tasks_path.exists():
         write_tasks(TASKS, tasks_path)
     job = CollectionJob(job_id=job_id, iteration=0, rule=RolloutRule(beta=0.5),
-                        task_ids=tuple(t.instance_id for t in TASKS), out_dir=str(tmp_path / "iter_000"),
+                        task_ids=tuple(t.instance_id for t in TASKS[:tasks]),
+                        out_dir=str(tmp_path / "iter_000"),
                         episodes_per_task=kw.pop("k", 1), seed=1, student_version="v0",
                         teacher_id="expert", settings=EpisodeSettings(max_turns=12))
     return ServiceJob(job=job, tasks_path=str(tasks_path), tokenizer_path=str(chat_dir),
@@ -78,12 +80,12 @@ def test_jobs_over_http_are_idempotent_and_bad_jobs_are_refused(tmp_path, chat_d
     service = start_service(port, tmp_path / "service.log")
     try:
         client = RolloutServiceClient(f"http://127.0.0.1:{port}", poll_s=0.2)
-        job = service_job(tmp_path, chat_dir)
+        job = service_job(tmp_path, chat_dir, tasks=4)
         report = asyncio.run(client.run(job))
-        assert report["episodes_written"] == 10 and report["resolved"] == 10
+        assert report["episodes_written"] == 4 and report["resolved"] == 4
         again = asyncio.run(client.run(job))  # a retried job: its status, nothing new
         assert again == report
-        assert len(EpisodeSource(tmp_path / "iter_000")) == 10
+        assert len(EpisodeSource(tmp_path / "iter_000")) == 4
 
         async def post(payload):
             async with aiohttp.ClientSession() as session:
@@ -99,8 +101,8 @@ def test_jobs_over_http_are_idempotent_and_bad_jobs_are_refused(tmp_path, chat_d
         second_dir = tmp_path / "run2" / "iter_000"
         second = ServiceJob(**{**job.__dict__, "job": dataclasses.replace(job.job, out_dir=str(second_dir))})
         second_report = asyncio.run(client.run(second))
-        assert second_report["episodes_written"] == 10 and second_report["episodes_skipped"] == 0
-        assert len(EpisodeSource(second_dir)) == 10 and len(EpisodeSource(tmp_path / "iter_000")) == 10
+        assert second_report["episodes_written"] == 4 and second_report["episodes_skipped"] == 0
+        assert len(EpisodeSource(second_dir)) == 4 and len(EpisodeSource(tmp_path / "iter_000")) == 4
 
         async def get(path, **params):
             async with aiohttp.ClientSession() as session:
