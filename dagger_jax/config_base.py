@@ -22,8 +22,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Multi-host: `jax.distributed.initialize()` before anything touches devices. On a TPU pod
     # the arguments below stay empty (discovered from the TPU metadata); for CPU multi-process
     # runs they name the coordinator.
+    # barrier_timeout_s: how long the other processes of the loop wait for the leader (process
+    # 0), which collects and evaluates each iteration for all (hours at the paper's scale).
     c.distributed = ml_collections.ConfigDict(dict(
-        enabled=False, coordinator_address="", num_processes=0, process_id=-1))
+        enabled=False, coordinator_address="", num_processes=0, process_id=-1,
+        barrier_timeout_s=86400.0))
 
     # Architecture: the fields of dagger_jax.models.config.Qwen3Config.
     c.model = ml_collections.ConfigDict()

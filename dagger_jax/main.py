@@ -37,6 +37,7 @@ from dagger_jax.storage.store import (StorePath, StoreUnavailable, check_writabl
                                       write_text_atomic)
 from dagger_jax.tokenizer import load_tokenizer, save_tokenizer
 from dagger_jax.tokenizer.default import default_tokenizer
+from dagger_jax.train.processes import agree_on_config
 from dagger_jax.train.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).", lock_config=True)
@@ -89,6 +90,7 @@ def fixed_data(settings: RunSettings, row_block: RowBlock) -> TrajectoryPipeline
 
 def run(config: Any, workdir: str | Path) -> Path | None:
     """Trains per config in workdir; returns the HF export directory (process 0) if exported."""
+    agree_on_config(config, str(workdir))  # every process of a multi-host run: the same run
     settings = read_settings(config)  # every check before the workdir is touched
     workdir = store_path(workdir)
     if is_remote(workdir) and settings.loop is not None:

@@ -35,6 +35,7 @@ class DistributedSettings:
     coordinator_address: str = ""
     num_processes: int = 0
     process_id: int = -1
+    barrier_timeout_s: float = 86400.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +183,8 @@ def loop_settings(config: Any, run: RecipeRun) -> LoopSettings:
                           episode=episode_settings(loop, e.max_turns)),
         tasks_per_iteration=loop.tasks_per_iteration, concurrency=loop.concurrency,
         seed=config.seed, teacher_id=loop.teacher, cap_trained_labels=loop.cap_trained_labels,
-        rollout_service=loop.rollout_service, sandbox=loop.sandbox, progress=config.progress)
+        rollout_service=loop.rollout_service, sandbox=loop.sandbox, progress=config.progress,
+        barrier_timeout_s=config.distributed.barrier_timeout_s)
 
 
 def task_settings(tasks: Any) -> TaskSettings:

@@ -15,6 +15,14 @@ idempotent, so a killed run resumes with the same command:
 Training collection runs in this process, or as a job of the rollout service when
 `settings.rollout_service` is set (the same job: id, episodes and out_dir). Evaluation always
 runs in this process.
+
+Several processes (a multi-host pod) run the same loop on one workdir. The leader (process 0)
+collects, evaluates, tells the fleet to load exports and writes state.json; the others wait for
+it at a barrier after each of those phases (train/processes.py: with a timeout), then read the
+iteration's shards. Training and exporting are collective: every process feeds its own rows of
+each global batch, and the export is gathered and written once. Every process keeps the same
+phase state in memory (each decision is a function of the workdir), and all read state.json
+when they start.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from dagger_jax.storage.store import (StorePath, is_published, is_remote, local_
                                       store_path)
 from dagger_jax.train.metrics import MetricWriter
 from dagger_jax.train.optimizer import round_learning_rate
+from dagger_jax.train.processes import barrier
 from dagger_jax.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -79,13 +88,16 @@ class Loop:
         self.recipe = settings.run.recipe
         self.state = LoopState.load(self.workdir)
         self.writer = MetricWriter(layout.tensorboard_dir(self.workdir))
+        self.leader = jax.process_index() == 0
 
     def run(self) -> list[dict[str, Any]]:
         self._ensure_initial_export()
         while self.state.iteration <= self.settings.iterations:
             i = self.state.iteration
             if self.state.phase == "collect":
-                self._collect(i)
+                if self.leader:
+                    self._collect(i)
+                self._wait_for_leader(f"iteration {i} collected")
                 self._advance("train")
             if self.state.phase == "train":
                 self._train(i)
@@ -94,16 +106,26 @@ class Loop:
                 self._export(i)
                 self._advance("evaluate")
             if self.state.phase == "evaluate":
-                self._evaluate(i)
+                if self.leader:
+                    self._evaluate(i)
+                self._wait_for_leader(f"iteration {i} evaluated")
                 self.state.iteration, self.state.phase = i + 1, "collect"
                 self.state.train_start = self.state.train_end = None
-                self.state.save(self.workdir)
+                self._save_state()
         self.writer.close()
         return self.state.history
 
     def _advance(self, phase: str) -> None:
         self.state.phase = phase
-        self.state.save(self.workdir)
+        self._save_state()
+
+    def _save_state(self) -> None:
+        if self.leader:
+            self.state.save(self.workdir)
+
+    def _wait_for_leader(self, name: str) -> None:
+        """Every process here before any goes on: what the leader wrote is there to read."""
+        barrier(name, self.settings.barrier_timeout_s)
 
     # --- export --------------------------------------------------------------------------
 
@@ -133,7 +155,7 @@ class Loop:
         self.parts.export(state.params, path)
         self.state.weight_version = f"iter{i:03d}-step{int(state.step)}"
         urls = self.parts.actors.weight_loaders
-        if urls:  # the fleet loads the new student; a refusal stops the run (resumable here)
+        if urls and self.leader:  # the fleet loads the new student; a refusal stops the run
             asyncio.run(load_export(urls, path, self.state.weight_version))
 
     # --- collect -------------------------------------------------------------------------
@@ -241,7 +263,7 @@ class Loop:
             start = self.trainer.checkpointer.latest_step() or 0  # no need to restore the weights
             self.state.train_start = start
             self.state.train_end = start + sum(p.num_steps(e) for p, e in passes)
-            self.state.save(self.workdir)
+            self._save_state()
         start, end = self.state.train_start, self.state.train_end
         # Step -> (pass, its step): a pure function of the step, so a resumed run's batches are
         # the ones it would have had. Each pass reads through its grain iterator, which loads

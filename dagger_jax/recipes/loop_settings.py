@@ -77,6 +77,7 @@ class LoopSettings:
     rollout_service: str = ""          # URL; empty: collect in this process
     sandbox: str = "bwrap"
     progress: bool = True
+    barrier_timeout_s: float = 86400.0  # how long the other processes wait for the leader
 
     def __post_init__(self) -> None:
         if self.iterations < 1:

@@ -156,6 +156,19 @@ def test_dry_run_prints_one_ssh_on_all_workers_running_the_trainer() -> None:
     assert "--project" not in result.stdout
 
 
+def test_the_loop_config_runs_the_loop_on_every_worker() -> None:
+    # Every worker runs the same loop command (process 0 leads: docs/loop.md); running the
+    # same launch again restarts all of them (leftover trainers are killed first).
+    result = run_script(*BASE, "--config", "configs/qwen3_8b.py:dagger", "--dry-run", "--",
+                        "--config.loop.student_loaders=http://gpu1:31500")
+    assert result.returncode == 0, result.stderr
+    [line] = gcloud_lines(result.stdout)
+    assert "--worker=all" in shlex.split(line)
+    assert trainer_words(command_value(shlex.split(line)))[3:] == [
+        "--config=configs/qwen3_8b.py:dagger", "--workdir=gs://bucket/run1",
+        "--config.loop.student_loaders=http://gpu1:31500"]
+
+
 def test_default_config_is_qwen3_8b() -> None:
     result = run_script(*BASE, "--dry-run")
     assert result.returncode == 0, result.stderr
