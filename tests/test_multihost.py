@@ -136,8 +136,9 @@ def test_the_loop_on_two_processes_matches_one(tmp_path, bwrap_backend):
     0 collects and evaluates for both, both train their rows of every batch. Killed in the
     middle of iteration 2's training (process 1 first, as a host dies, then process 0, as the
     pod is restarted) and restarted, the pair ends with the episodes of one process with four
-    devices and, within the multi-host tolerance, its weights. Two processes given different
-    configs refuse to start."""
+    devices and, within the multi-host tolerance, its weights. A leader late at a barrier, two
+    processes given different configs, and a mesh that does not cover their devices each stop
+    the run with a message."""
     four = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 "
                                        f"{SUBPROCESS_XLA_FLAGS}", "TMPDIR": str(tmp_path)}
     with (tmp_path / "single.log").open("w") as out:
@@ -203,3 +204,9 @@ def test_the_loop_on_two_processes_matches_one(tmp_path, bwrap_backend):
     assert all("process(es) [1] were started with another config than process 0" in out
                for out in outs), outs[0][-3000:]
     assert not (tmp_path / "refused" / "checkpoints").exists()
+    # A mesh that does not cover the processes' devices is refused, saying how many there are.
+    logs = [tmp_path / f"mesh-{i}.log" for i in range(2)]
+    outs = wait_all(start_loop_processes(tmp_path / "mesh", env, logs,
+                                         "--config.mesh.shape=(1,8,1,1)"), logs, 300)
+    assert all("mesh shape [1, 8, 1, 1] needs 8 devices, 4 are available (2 processes x 2 "
+               "devices each" in out for out in outs), outs[0][-3000:]

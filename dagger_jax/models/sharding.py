@@ -63,7 +63,14 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     """A (data, fsdp, sequence, tensor) mesh; one entry of `shape` may be -1 to take the
     remaining devices."""
     devices = list(devices if devices is not None else jax.devices())
-    shape = list(resolve_mesh_shape(shape, len(devices)))
+    try:
+        shape = list(resolve_mesh_shape(shape, len(devices)))
+    except ValueError as e:
+        if jax.process_count() == 1:
+            raise
+        raise ValueError(f"{e} ({jax.process_count()} processes x {jax.local_device_count()} "
+                         "devices each: config.mesh.shape covers the devices of every process)"
+                         ) from None
     try:
         from jax.experimental import mesh_utils
         grid = mesh_utils.create_device_mesh(shape, devices=devices)
