@@ -58,7 +58,11 @@ class TrainSettings:
                     "checkpoint_every", "keep_checkpoints"):
             need(getattr(self, key) >= 1, key, "must be >= 1")
         need(self.steps >= 0, "steps", "must be >= 0")
-        need(self.lr > 0, "lr", "must be > 0")
+        need(0 < self.lr <= 1, "lr", "must be in (0, 1]")
+        for key in ("b1", "b2"):
+            need(0 <= getattr(self, key) < 1, key, "must be in [0, 1)")
+        need(self.eps > 0, "eps", "must be > 0")
+        need(self.clip_eps > 0, "clip_eps", "must be > 0")
         need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         need(0.0 <= self.end_lr_ratio <= 1.0, "end_lr_ratio", "must be in [0, 1]")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")

@@ -79,6 +79,34 @@ def test_jsonl_round_trip_and_bad_lines_are_reported_not_fatal(tmp_path):
         list(read_tasks(tmp_path / "missing.jsonl"))
 
 
+@pytest.mark.parametrize("change, reason", [
+    ({"repo_files": {"a.py": 7}}, "repo_files must be an object of path -> file text"),
+    ({"repo_files": ["a.py"]}, "repo_files must be an object of path -> file text"),
+    ({"instance_id": 12}, "instance_id must be a string, got int"),
+    ({"test_command": ["pytest"]}, "test_command must be a string, got list"),
+    ({"fail_to_pass": [1, 2]}, "fail_to_pass must be a list of strings"),
+    ({"image": 3}, "image must be a string or null"),
+    ({"metadata": [1]}, "metadata must be an object"),
+    ({"schema_version": "1"}, "schema_version must be an integer"),
+    ({"split": None}, "split must be a string"),
+])
+def test_a_task_line_of_any_shape_is_reported_and_skipped(tmp_path, change, reason):
+    good = generate_tasks(2, seed=5)
+    path = tmp_path / "tasks.jsonl"
+    write_tasks(good[:1], path)
+    with path.open("a") as f:
+        f.write(json.dumps({**good[0].to_json(), **change}) + "\n")
+    with path.open("ab") as f:
+        f.write(b'{"instance_id": "\xff\xfe"}\n')  # not UTF-8
+        f.write((json.dumps(good[1].to_json()) + "\n").encode())
+    items = list(read_tasks(path))
+    assert [i for i in items if isinstance(i, Task)] == good
+    bad = [i for i in items if isinstance(i, BadTaskLine)]
+    assert [b.line_number for b in bad] == [2, 3]
+    assert reason in bad[0].reason and f"{path}:2" in bad[0].reason
+    assert "not UTF-8" in bad[1].reason and f"{path}:3" in bad[1].reason
+
+
 def test_task_paths_must_stay_inside_the_repo():
     good = generate_task(0, 0)
     with pytest.raises(ValueError, match="must be relative and inside the repo"):

@@ -16,6 +16,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "heldout", "test")
+_TEXT_FIELDS = ("instance_id", "source", "problem_statement", "test_command", "log_parser",
+                "split", "eval_type")
+_OPTIONAL_TEXT_FIELDS = ("image", "gold_patch", "test_patch", "eval_script")
+_TEXT_LISTS = ("fail_to_pass", "pass_to_pass", "test_files")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Task:
 
     def __post_init__(self) -> None:
         where = f"task {self.instance_id!r}"
+        self._check_types(where)
         if not self.instance_id:
             raise ValueError("task: empty instance_id")
         if self.split not in SPLITS:
@@ -56,6 +61,28 @@ class Task:
             if path.startswith("/") or ".." in Path(path).parts:
                 raise ValueError(f"{where}: path {path!r} must be relative and inside the repo")
 
+    def _check_types(self, where: str) -> None:
+        """Every field of the type the code reads it as: a task file is outside input, and a
+        number where a path belongs would fail far from the line that holds it."""
+        def wrong(name: str, expected: str) -> ValueError:
+            value = getattr(self, name)
+            return ValueError(f"{where}: {name} must be {expected}, got {type(value).__name__}")
+        for name in _TEXT_FIELDS:
+            if not isinstance(getattr(self, name), str):
+                raise wrong(name, "a string")
+        for name in _OPTIONAL_TEXT_FIELDS:
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise wrong(name, "a string or null")
+        for name in _TEXT_LISTS:
+            if not all(isinstance(item, str) for item in getattr(self, name)):
+                raise wrong(name, "a list of strings")
+        files = self.repo_files
+        if files is not None and not (isinstance(files, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+            raise wrong("repo_files", "an object of path -> file text (strings)")
+        if not isinstance(self.metadata, Mapping):
+            raise wrong("metadata", "an object")
+
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["schema_version"] = SCHEMA_VERSION
@@ -65,6 +92,8 @@ class Task:
     def from_json(cls, data: Mapping[str, Any], where: str = "task") -> "Task":
         data = dict(data)
         version = data.pop("schema_version", SCHEMA_VERSION)
+        if not isinstance(version, int):
+            raise ValueError(f"{where}: schema_version must be an integer, got {version!r}")
         if version > SCHEMA_VERSION:
             raise ValueError(f"{where}: schema_version {version} is newer than this code ({SCHEMA_VERSION})")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -113,11 +142,17 @@ def read_jsonl_tasks(path: str | Path, to_task: Callable[[dict, str], Task]
     path = Path(path) if isinstance(path, str) else path
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} does not exist")
-    with path.open() as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield BadTaskLine(str(path), number,
+                                  f"{where}: not UTF-8 text ({e.reason} at byte {e.start})")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 data = json.loads(line)
                 if not isinstance(data, dict):
@@ -125,9 +160,12 @@ def read_jsonl_tasks(path: str | Path, to_task: Callable[[dict, str], Task]
                 yield to_task(data, where)
             except json.JSONDecodeError as e:
                 yield BadTaskLine(str(path), number, f"{where}: not JSON ({e.msg})")
-            except (ValueError, KeyError, TypeError) as e:
-                reason = str(e) if isinstance(e, ValueError) else f"{where}: {type(e).__name__}: {e}"
-                yield BadTaskLine(str(path), number, reason)
+            # Any shape of JSON is outside input: whatever a source's reader raises on it makes
+            # that line a bad line, never the end of the run.
+            except Exception as e:  # noqa: BLE001
+                reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+                yield BadTaskLine(str(path), number,
+                                  reason if reason.startswith(where) else f"{where}: {reason}")
 
 
 def read_tasks(path: str | Path) -> Iterator[Task | BadTaskLine]:
