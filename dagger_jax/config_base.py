@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
         log_every=10,
         checkpoint_every=50,
         keep_checkpoints=3,
+        # A latest checkpoint that cannot be read: "previous" reports it in one line, moves it
+        # aside (<step>.damaged) and resumes from the step before; "stop" stops the run.
+        on_damaged_checkpoint="previous",
         # The per-token objective (train/loss.py): "" = from the loop's recipe (its weight:
         # one | reverse_kl | group_advantage), cross-entropy ("one") for the plain job. Naming
         # one that contradicts the recipe is an error.

@@ -8,6 +8,7 @@ optimizer state is then initialised fresh from the restored params.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,32 @@ FORMAT_VERSION = 1
 def _abstract(tree: Any) -> Any:
     return jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+class ModelMismatch(ValueError):
+    """A checkpoint written for another model shape."""
+
+
+class DamagedCheckpoint(RuntimeError):
+    """A checkpoint step whose files cannot be read; the message is one line naming the step
+    and, where the reader said, the file."""
+
+    def __init__(self, step: int, directory: Any, error: Exception):
+        text = str(error)
+        named = re.findall(r'file "([^"]+)"', text) or re.findall(r"(gs://[^\s'\"]+)", text)
+        reason = text.strip().splitlines()[0][:160] if text.strip() else type(error).__name__
+        super().__init__(f"checkpoint step {step} ({directory}) cannot be read: "
+                         f"{named[-1] if named else type(error).__name__}: "
+                         f"{_core(text) or reason}")
+        self.step = step
+
+
+def _core(text: str) -> str:
+    """The tensorstore / OS reason of an unreadable file, without the driver spec around it."""
+    found = re.search(r"(Requested byte range \[\d+, \d+\) is not valid for value of size \d+|"
+                      r"No such file or directory|[Cc]hecksum mismatch|Unexpected end of data)",
+                      text)
+    return found.group(1).strip() if found else ""
 
 
 class Checkpointer:
@@ -82,7 +109,7 @@ class Checkpointer:
                          ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in extended.items()))
         if diffs:
             listed = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diffs.items()))
-            raise ValueError(f"checkpoint {self.directory / str(step)} was written for a different "
+            raise ModelMismatch(f"checkpoint {self.directory / str(step)} was written for a different "
                              f"model config ({listed})")
 
     def has_opt_state(self, step: int) -> bool:
@@ -90,14 +117,39 @@ class Checkpointer:
 
     def restore(self, step: int | None, model_config: Qwen3Config, params_target: Any,
                 opt_state_target: Any | None) -> tuple[int, Any, Any | None]:
-        """(step, params, opt_state or None), restored with the targets' shardings."""
+        """(step, params, opt_state or None), restored with the targets' shardings. A step whose
+        files cannot be read raises DamagedCheckpoint naming the step and the file."""
         step = self._step_or_latest(step)
-        self.check_model_config(step, model_config)
-        items = {"params": ocp.args.StandardRestore(_abstract(params_target))}
-        if opt_state_target is not None and self.has_opt_state(step):
-            items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state_target))
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            self.check_model_config(step, model_config)
+            items = {"params": ocp.args.StandardRestore(_abstract(params_target))}
+            if opt_state_target is not None and self.has_opt_state(step):
+                items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state_target))
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except ModelMismatch:
+            raise
+        except Exception as e:  # Orbax / tensorstore report unreadable files in many types
+            raise DamagedCheckpoint(step, self.directory / str(step), e) from None
         return step, restored["params"], restored.get("opt_state") if "opt_state" in items else None
+
+    def restore_intact(self, model_config: Qwen3Config, params_target: Any,
+                       opt_state_target: Any | None, on_damaged: str = "previous"
+                       ) -> tuple[int, Any, Any | None]:
+        """The newest step that restores. A damaged one is reported in one line and moved aside
+        (`<step>.damaged`, kept for inspection; a resumed run saves that step again), then the
+        step before it is tried; with on_damaged="stop" the DamagedCheckpoint is raised."""
+        while True:
+            step = self._step_or_latest(None)
+            try:
+                return self.restore(step, model_config, params_target, opt_state_target)
+            except DamagedCheckpoint as damaged:
+                if on_damaged == "stop" or len(self.all_steps()) < 2:
+                    raise
+                aside = self.directory / f"{step}.damaged"
+                (self.directory / str(step)).rename(aside)
+                self._manager.reload()
+                logging.warning("%s; moved to %s, resuming from step %s", damaged, aside,
+                                self.latest_step())
 
     def close(self) -> None:
         self._manager.close()

@@ -34,6 +34,7 @@ class TrainSettings:
     log_every: int = 10
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
+    on_damaged_checkpoint: str = "previous"  # | "stop" (train/checkpoint.py: restore_intact)
     objective: str = "one"         # names.WEIGHTS: the recipe's weight
     clip_eps: float = 0.2          # GRPO's ratio clip
     loss_tokens: int = 0           # 0: each batch's own target count normalises the loss
@@ -72,6 +73,8 @@ class TrainSettings:
         need(self.batch_size % self.grad_accum == 0, "grad_accum",
              f"must divide train.batch_size={self.batch_size}")
         need(self.schedule in SCHEDULES, "schedule", f"choose from {SCHEDULES}")
+        need(self.on_damaged_checkpoint in ("previous", "stop"), "on_damaged_checkpoint",
+             "choose from previous, stop")
         need(self.round_schedule in ROUND_SCHEDULES, "round_schedule",
              f"choose from {ROUND_SCHEDULES} ('': off)")
         check_weight(self.objective, "config.train.objective")

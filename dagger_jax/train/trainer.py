@@ -93,8 +93,9 @@ class Trainer:
                            out_shardings=self.shardings.params)
             return self._init_state(init(jax.random.key(self.settings.seed)))
         target = with_shardings(self.abstract_state, self.shardings)
-        step, params, opt_state = self.checkpointer.restore(
-            latest, self.model_config, target.params, target.opt_state)
+        step, params, opt_state = self.checkpointer.restore_intact(
+            self.model_config, target.params, target.opt_state,
+            on_damaged=self.settings.on_damaged_checkpoint)
         logging.info("resuming from %s step %d%s", self.checkpointer.directory, step,
                      "" if opt_state is not None else " (params only: fresh optimizer state)")
         if opt_state is None:
