@@ -146,7 +146,10 @@ class Checkpointer:
                 if on_damaged == "stop" or len(self.all_steps()) < 2:
                     raise
                 aside = self.directory / f"{step}.damaged"
-                (self.directory / str(step)).rename(aside)
+                try:
+                    (self.directory / str(step)).rename(aside)
+                except FileNotFoundError:
+                    pass  # another process of the run moved it first
                 self._manager.reload()
                 logging.warning("%s; moved to %s, resuming from step %s", damaged, aside,
                                 self.latest_step())
