@@ -25,6 +25,7 @@ from dagger_jax.envs.tasks.task import BadTaskLine, read_tasks
 from dagger_jax.agent import ChatTokenizer
 from dagger_jax.policies.actors import ExpertActor, NoopActor
 from dagger_jax.policies.scripted_expert import ScriptedExpert
+from dagger_jax.rollout.faults import InfrastructureFault
 from dagger_jax.rollout.mixed_episode import EpisodeSettings, episode_summary, run_actor_episode
 from dagger_jax.tokenizer.default import default_tokenizer
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     chat = ChatTokenizer.from_path(default_tokenizer())
     settings = dataclasses.replace(UNBOUNDED, max_turns=args.max_turns)
     rng = random.Random(args.seed)
-    resolved = episodes = bad = 0
+    resolved = episodes = bad = not_run = 0
     start = time.perf_counter()
     for item in items[:args.limit]:
         if isinstance(item, BadTaskLine):
@@ -65,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"bad_task_line": item.line_number, "reason": item.reason}), flush=True)
             continue
         setup = (lambda sandbox, task=item: corrupt(sandbox, task, rng, args.corrupt)) if args.corrupt else None
-        record = run_actor_episode(item, policy, backend=backend, chat=chat, settings=settings,
-                                   setup=setup)
+        try:
+            record = run_actor_episode(item, policy, backend=backend, chat=chat, settings=settings,
+                                       setup=setup)
+        except InfrastructureFault as fault:  # not the policy's outcome: said, and the run goes on
+            not_run += 1
+            print(json.dumps({"instance_id": item.instance_id, "not_run": str(fault)}), flush=True)
+            continue
         episodes += 1
         resolved += record.outcome.resolved
         print(json.dumps(episode_summary(record)), flush=True)
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"summary": True, "policy": args.policy, "sandbox": args.sandbox,
                       "episodes": episodes, "resolved": resolved,
                       "resolve_rate": round(resolved / max(episodes, 1), 4), "bad_task_lines": bad,
+                      "not_run": not_run,
                       "seconds_per_episode": round(seconds / max(episodes, 1), 2)}), flush=True)
     return 0
 

@@ -8,19 +8,25 @@ from collections.abc import Mapping, Sequence
 
 from dagger_jax.agent.tools import DEFAULT_TOOLS, ToolParameter, ToolSpec, tool_by_name
 
-_INT_RE = re.compile(r"\s*-?\d+\s*")
+# Line numbers and counts: 18 digits is beyond any file, and keeps int() far from Python's
+# 4300-digit conversion limit (a model can emit a number of any length).
+MAX_INT_DIGITS = 18
+_INT_RE = re.compile(r"\s*-?[0-9]{1,%d}\s*" % MAX_INT_DIGITS)
 
 
 def parse_int(value: str) -> int | None:
-    """value as a base-10 integer (surrounding whitespace allowed), or None."""
+    """value as a base-10 integer of at most MAX_INT_DIGITS ASCII digits (surrounding
+    whitespace allowed), or None."""
     return int(value) if _INT_RE.fullmatch(value) else None
 
 
 def parse_view_range(value: str) -> tuple[int, int] | None:
     """A view_range value `[start, end]` as two ints (start >= 1, end -1 or >= start), or None."""
+    if len(value) > 4 * MAX_INT_DIGITS:  # two bounded integers, brackets and spaces
+        return None
     try:
         parsed = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if (
         not isinstance(parsed, list)
@@ -34,22 +40,28 @@ def parse_view_range(value: str) -> tuple[int, int] | None:
     return start, end
 
 
+def _shown(value: str, limit: int = 80) -> str:
+    """value quoted for an error message, cut to `limit` characters (a value can be megabytes)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 def _check_value(tool: ToolSpec, parameter: ToolParameter, value: str) -> str | None:
     """Why value does not fit parameter, or None when it does."""
     where = f"parameter `{parameter.name}` of `{tool.name}`"
     if parameter.enum and value.strip() not in parameter.enum:
-        return f"{where} is {value!r}; it must be one of: {', '.join(parameter.enum)}"
+        return f"{where} is {_shown(value)}; it must be one of: {', '.join(parameter.enum)}"
     if parameter.type == "integer":
         number = parse_int(value)
         if number is None:
-            return f"{where} must be an integer, got {value!r}"
+            return (f"{where} must be an integer of at most {MAX_INT_DIGITS} digits, "
+                    f"got {_shown(value)}")
         if number < 0:
             return f"{where} must be >= 0, got {number}"
     if parameter.type == "array" and parse_view_range(value) is None:
         # view_range is the only array parameter; its rules are the format's own.
         return (
             f"{where} must be a list of two integers [start, end] with start >= 1 and "
-            f"end >= start or end = -1 (to the end of the file), got {value!r}"
+            f"end >= start or end = -1 (to the end of the file), got {_shown(value)}"
         )
     return None
 

@@ -28,9 +28,12 @@ END_REASONS = (
     "turn_limit",
     "context_limit",
     "stuck",  # the same action met the same observation EpisodeSettings.stuck_repeats times
+    "policy_error",   # the student's turn could not be used (tokens outside the tokenizer, ...)
+    "teacher_error",  # the teacher's, where it had to act
+    "internal_error",  # our tools or tokenizer failed on the agent's input (a defect, logged)
+    # Written before infrastructure faults were kept out of records (rollout/faults.py); read
+    # so that shards of older runs still load.
     "sandbox_error",
-    "policy_error",
-    "teacher_error",
 )
 
 

@@ -6,6 +6,11 @@ retried (the same job id), or restarted after its process was killed, completes 
 without collecting any episode twice and without losing any: episodes of a shard that was not
 finished are simply run again. Concurrency is a pool of sandboxes (a semaphore): each running
 episode holds one.
+
+An episode the infrastructure failed (rollout/faults.py) is run again from the start, up to
+EPISODE_ATTEMPTS times within the job's patience, and is never written as an outcome. Once the
+patience is spent, no further episode starts; everything that finished is stored, and the job
+raises CollectionIncomplete so that it is run again once the fleet or the sandbox host is back.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from dagger_jax.data.shards import ShardWriter, existing_episode_ids, labelled_t
 from dagger_jax.envs.sandbox.base import SandboxBackend
 from dagger_jax.envs.tasks.task import Task
 from dagger_jax.policies.actors import Actor
+from dagger_jax.rollout.faults import (FAULT_REASONS, CollectionIncomplete, InfrastructureFault,
+                                       Patience)
 from dagger_jax.rollout.mixed_episode import (EpisodeSettings, Provenance, episode_seed,
                                               run_mixed_episode)
 from dagger_jax.rollout.mixing import RolloutRule
@@ -32,6 +39,9 @@ from dagger_jax.rollout.stats import CollectorStats
 
 log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Starts of one episode that the infrastructure failed (a lost sandbox, an image that will not
+# start): a fault that follows one episode is left for a rerun rather than retried forever.
+EPISODE_ATTEMPTS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,15 +114,16 @@ class CollectionReport:
         return dataclasses.asdict(self)
 
 
-FAULT_REASONS = ("sandbox_error", "policy_error", "teacher_error")
 
 
 async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Actor | None,
                   teacher: Actor | None, chat: ChatTokenizer, backend: SandboxBackend,
                   concurrency: int = 4, records_per_shard: int = 16, progress: bool = False,
                   stats: CollectorStats | None = None,
-                  on_record: Callable[[EpisodeRecord], None] | None = None) -> CollectionReport:
-    """Runs every episode of the job not yet stored in job.out_dir and stores it.
+                  on_record: Callable[[EpisodeRecord], None] | None = None,
+                  patience: Patience | None = None) -> CollectionReport:
+    """Runs every episode of the job not yet stored in job.out_dir and stores it; raises
+    CollectionIncomplete (after storing the rest) when the infrastructure failed some.
 
     on_record, when given, is called with each record as soon as it is handed to the shard
     writer (the eval tool appends a prediction line per finished episode with it)."""
@@ -132,15 +143,39 @@ async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Act
     slots = asyncio.Semaphore(concurrency)
     resolved, failed, written = 0, {}, 0
     labelled = [labelled_turns(out_dir) if job.label_budget and done else 0]
+    patience = patience if patience is not None else Patience(job.settings.infra_patience_s)
+    uncollected: dict[str, str] = {}  # episode id -> the infrastructure fault that stopped it
+
+    async def attempts(episode_id: str, task_id: str) -> EpisodeRecord | None:
+        for attempt in range(EPISODE_ATTEMPTS):
+            try:
+                return await run_mixed_episode(
+                    tasks[task_id], episode_id=episode_id, seed=episode_seed(job.seed, episode_id),
+                    rule=job.rule, student=student, teacher=teacher, chat=chat, backend=backend,
+                    settings=job.settings, provenance=provenance, stats=stats, patience=patience)
+            except InfrastructureFault as fault:
+                uncollected[episode_id] = str(fault)
+                if attempt + 1 == EPISODE_ATTEMPTS or patience.exhausted is not None:
+                    break
+                try:
+                    await patience.wait(f"a new start of episode {episode_id}", fault.cause, attempt)
+                except InfrastructureFault:
+                    break
+                stats.count("episode_restarts")
+        log.warning("episode %s left uncollected: %s", episode_id, uncollected[episode_id])
+        return None
 
     async def one(episode_id: str, task_id: str):
         async with slots:  # FIFO: episodes start in the job's order
             if job.label_budget and labelled[0] >= job.label_budget:
                 return None
-            record = await run_mixed_episode(
-                tasks[task_id], episode_id=episode_id, seed=episode_seed(job.seed, episode_id),
-                rule=job.rule, student=student, teacher=teacher, chat=chat, backend=backend,
-                settings=job.settings, provenance=provenance, stats=stats)
+            if patience.exhausted is not None:  # the outage outlasted the patience
+                uncollected.setdefault(episode_id, f"not started: {patience.exhausted}")
+                return None
+            record = await attempts(episode_id, task_id)
+            if record is None:
+                return None
+            uncollected.pop(episode_id, None)
             # Counted before the slot is freed: the episode that takes it sees these labels
             # (counted where the record is written, one episode too many started at concurrency
             # 1, and a restart, which counts the stored labels, could start fewer).
@@ -153,7 +188,7 @@ async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Act
         try:
             for finished in asyncio.as_completed(pending):
                 record = await finished
-                if record is None:  # not started: the label budget was reached
+                if record is None:  # not started (the label budget) or uncollected
                     continue
                 written += writer.write(record)
                 if on_record is not None:
@@ -174,6 +209,12 @@ async def collect(job: CollectionJob, tasks: Mapping[str, Task], *, student: Act
                  if (found := endpoint_stats(actor)) is not None}
     snapshot = stats.snapshot()
     snapshot["retries"] = sum(_retries(e) for e in endpoints.values())
+    if uncollected:
+        first = next(iter(uncollected.values()))
+        raise CollectionIncomplete(
+            f"job {job.job_id}: {len(uncollected)} of {len(todo)} episodes were not collected "
+            f"because of infrastructure faults (first: {first}); the {written} that finished are "
+            f"stored in {job.out_dir}: run the job again to collect the rest", sorted(uncollected))
     return CollectionReport(job.job_id, len(job.episode_ids()), written, len(job.episode_ids()) - len(todo),
                             resolved, failed, snapshot, endpoints)
 

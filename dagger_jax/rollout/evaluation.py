@@ -17,6 +17,7 @@ from typing import Awaitable, Callable, Iterable, Sequence
 
 from dagger_jax.data.records import EpisodeRecord
 from dagger_jax.policies.local_sampler import LocalSampler
+from dagger_jax.rollout.faults import FAULT_REASONS
 
 LOOP_REPEATS = 3
 Scorer = Callable[[Sequence[int], Sequence[int]], Awaitable[Sequence[float]]]
@@ -45,8 +46,7 @@ def episode_metrics(records: Iterable[EpisodeRecord]) -> dict[str, float]:
         "parse_error_rate": (sum(not t.parse_ok for t in turns) / len(turns)) if turns else 0.0,
         "mean_turns": len(turns) / n,
         "loop_rate": sum(has_loop(r) for r in records) / n,
-        "fault_rate": sum(r.outcome.end_reason in ("sandbox_error", "policy_error", "teacher_error")
-                          for r in records) / n,
+        "fault_rate": sum(r.outcome.end_reason in FAULT_REASONS for r in records) / n,
     }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import random
 import tempfile
 import time
@@ -30,10 +31,12 @@ from dagger_jax.envs.sandbox.base import Sandbox, SandboxBackend, SandboxError, 
 from dagger_jax.envs.tasks.repo import materialize_repo
 from dagger_jax.envs.tasks.task import Task
 from dagger_jax.policies.actors import Action, Actor, TurnState
+from dagger_jax.rollout.faults import InfrastructureFault, Patience, is_infrastructure
 from dagger_jax.rollout.mixing import STUDENT, TEACHER, RolloutRule
 from dagger_jax.rollout.stats import CollectorStats
 from dagger_jax.rollout.tool_execution import execute_call
 
+log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeSettings:
@@ -49,6 +52,10 @@ class EpisodeSettings:
     stuck_repeats: int = 0
     # A refused str_replace also shows the file's closest lines (envs/editor.py, `miss_hint`).
     edit_miss_hint: bool = False
+    # How long the job waits out an infrastructure outage (no endpoint answers, sandboxes
+    # cannot be started) before it gives up and leaves the episodes it could not run
+    # uncollected, for a rerun (rollout/faults.py).
+    infra_patience_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.prompt_style not in PROMPT_STYLES:
@@ -57,6 +64,9 @@ class EpisodeSettings:
         for name in ("max_turns", "context_budget", "max_new_tokens", "max_observation_chars"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"EpisodeSettings.{name} must be positive, got {getattr(self, name)}")
+        if not self.infra_patience_s >= 0:
+            raise ValueError(f"EpisodeSettings.infra_patience_s must be >= 0, got "
+                             f"{self.infra_patience_s}")
         if self.stuck_repeats < 0 or self.stuck_repeats == 1:
             raise ValueError(f"EpisodeSettings.stuck_repeats must be 0 (off) or >= 2, got "
                              f"{self.stuck_repeats}")
@@ -115,8 +125,9 @@ class _Episode:
 
     def __init__(self, task: Task, episode_id: str, seed: int, rule: RolloutRule,
                  student: Actor | None, teacher: Actor | None, chat: ChatTokenizer,
-                 settings: EpisodeSettings, stats: CollectorStats):
+                 settings: EpisodeSettings, stats: CollectorStats, patience: Patience):
         self.task, self.episode_id, self.rule = task, episode_id, rule
+        self.patience = patience
         self.student, self.teacher, self.chat = student, teacher, chat
         self.settings, self.stats = settings, stats
         self.rng, self.seed = random.Random(seed), seed
@@ -130,10 +141,52 @@ class _Episode:
     async def _call(self, actor: Actor, role: str, state: TurnState) -> Action:
         start = time.perf_counter()
         try:
-            return await actor.act(state)
+            return await self._patiently(f"{role} endpoints", lambda: actor.act(state))
         finally:
             self.timings[f"{role}_s"] += time.perf_counter() - start
             self.stats.count(f"{role}_calls")
+
+    async def _patiently(self, what: str, call):
+        """call(), made again while it fails for the infrastructure's sake and the job's patience
+        lasts (then InfrastructureFault). A lost sandbox is not waited for here: the episode
+        has to start again in a new one."""
+        attempt = 0
+        while True:
+            try:
+                result = await call()
+            except SandboxError:
+                raise
+            except Exception as e:  # noqa: BLE001 - sorted into infrastructure or not below
+                if not is_infrastructure(e):
+                    raise
+                await self.patience.wait(what, e, attempt)
+                attempt += 1
+                self.stats.count("infrastructure_waits")
+                continue
+            self.patience.succeeded()
+            return result
+
+    async def _turns_and_grade(self, sandbox):
+        """The turns and the grading; whatever else one of them raises (a defect the agent's
+        input found in our tools or tokenizer) ends this episode as `internal_error`, never the
+        collection."""
+        try:
+            for index in range(self.settings.max_turns):
+                if not await self.turn(index, sandbox):
+                    break
+            start = time.perf_counter()
+            result = await asyncio.to_thread(grade, sandbox, self.task,
+                                             self.settings.grading_timeout_s)
+            self.timings["grading_s"] = time.perf_counter() - start
+            return result
+        except (SandboxError, InfrastructureFault):
+            raise
+        except Exception as e:  # noqa: BLE001 - the episode boundary (module doc)
+            log.exception("episode %s: internal error after %d turns", self.episode_id,
+                          len(self.turns))
+            self.end_reason, self.error = "internal_error", f"{type(e).__name__}: {e}"[:2000]
+            self.stats.count("internal_errors")
+            return None
 
     async def turn(self, index: int, sandbox) -> bool:
         """Runs one turn; returns False when the episode ends."""
@@ -149,8 +202,8 @@ class _Episode:
         if executor == TEACHER:
             try:
                 executed = label = await self._call(self.teacher, TEACHER, state)
-            except SandboxError:
-                raise  # the sandbox died under a privileged actor: the sandbox's fault, not its
+            except (SandboxError, InfrastructureFault):
+                raise  # the machinery's fault, not the teacher's
             except Exception as e:  # noqa: BLE001 - the teacher had to act: the episode ends
                 self.end_reason, self.error = "teacher_error", f"{type(e).__name__}: {e}"
                 self.stats.count("teacher_failures")
@@ -161,7 +214,7 @@ class _Episode:
                 calls.append(self._call(self.teacher, TEACHER, state))
             results = await asyncio.gather(*calls, return_exceptions=True)
             for result in results:
-                if isinstance(result, SandboxError):
+                if isinstance(result, (SandboxError, InfrastructureFault)):
                     raise result
             if isinstance(results[0], BaseException):
                 self.end_reason = "policy_error"
@@ -181,10 +234,11 @@ class _Episode:
                 # keeps the student's latency, the sign that the student was asked first).
                 student_latency_s, executor, executed = executed.latency_s, TEACHER, label
                 self.stats.count("student_takeovers")
-        ids = executed_ids(self.chat, executed)
         try:
+            ids = executed_ids(self.chat, executed)
             text = self.encoder.append_generated(ids)
-        except ValueError as e:  # ids outside the tokenizer (a padded vocabulary), a stray end-of-turn
+        except Exception as e:  # noqa: BLE001 - text the tokenizer cannot take (lone surrogates),
+            # ids outside it (a padded vocabulary), a stray end-of-turn: the actor's turn is unusable
             self.end_reason = "policy_error" if executor == STUDENT else "teacher_error"
             self.error = f"{executor} turn {index} cannot join the conversation: {e}"
             self.stats.count(f"{executor}_failures")
@@ -195,16 +249,20 @@ class _Episode:
                                f"start with turn {index}'s prompt (chat template not prefix-stable)")
         teacher_logprobs: list[float] = []
         if self.rule.label == "logprobs" and executor == STUDENT:
+            target = self.encoder.ids[start:end]
             try:
-                teacher_logprobs = list(await self.teacher.score(state, self.encoder.ids[start:end]))
+                teacher_logprobs = list(await self._patiently(
+                    "teacher endpoints", lambda: self.teacher.score(state, target)))
                 self.stats.count("teacher_calls")
+            except (SandboxError, InfrastructureFault):
+                raise
             except Exception:  # noqa: BLE001 - an unscored turn is just unlabelled
                 self.stats.count("teacher_failures")
         self.turns.append(TurnRecord(
             index=index, executor=executor, prompt_len=start, executed_end=end, executed_text=text,
             label_text=(text if executor == TEACHER else label.text if label else None),
             label_ids=(self.encoder.ids[start:end] if executor == TEACHER
-                       else label_ids(self.chat, label.text) if label else []),
+                       else self._label_ids(label) if label else []),
             sample_logprobs=list(executed.logprobs), teacher_logprobs=teacher_logprobs,
             student_latency_s=executed.latency_s if executor == STUDENT else student_latency_s,
             teacher_latency_s=label.latency_s if label else None,
@@ -212,6 +270,15 @@ class _Episode:
         self.stats.count("turns")
         self.stats.count(f"{executor}_turns")
         return await self._execute(text, sandbox)
+
+    def _label_ids(self, label: Action) -> list[int]:
+        """The teacher's label in the student's tokens; a label the tokenizer cannot take
+        leaves the state unlabelled, as a failed labelling call does."""
+        try:
+            return label_ids(self.chat, label.text)
+        except Exception:  # noqa: BLE001
+            self.stats.count("teacher_failures")
+            return []
 
     async def _execute(self, text: str, sandbox) -> bool:
         parsed = parse_action(text)
@@ -245,18 +312,13 @@ class _Episode:
                     if setup is not None:
                         await asyncio.to_thread(setup, sandbox)
                     self.editor = StrReplaceEditor(sandbox, miss_hint=self.settings.edit_miss_hint)
-                    for index in range(self.settings.max_turns):
-                        if not await self.turn(index, sandbox):
-                            break
-                    start = time.perf_counter()
-                    result = await asyncio.to_thread(grade, sandbox, self.task,
-                                                     self.settings.grading_timeout_s)
-                    self.timings["grading_s"] = time.perf_counter() - start
+                    result = await self._turns_and_grade(sandbox)
                 finally:
                     await asyncio.to_thread(sandbox.close)
             except SandboxError as e:
-                self.end_reason, self.error = "sandbox_error", e.reason
+                # Started again in a new sandbox by the collector, never recorded as an outcome.
                 self.stats.count("sandbox_failures")
+                raise InfrastructureFault("sandbox", e) from e
         if result is None:
             return Outcome(resolved=False, end_reason=self.end_reason, error=self.error,
                            fail_to_pass_total=len(self.task.fail_to_pass),
@@ -273,14 +335,18 @@ async def run_mixed_episode(task: Task, *, episode_id: str, seed: int, rule: Rol
                             student: Actor | None, teacher: Actor | None, chat: ChatTokenizer,
                             backend: SandboxBackend, settings: EpisodeSettings,
                             provenance: Provenance, stats: CollectorStats | None = None,
-                            setup: Setup | None = None) -> EpisodeRecord:
-    """Runs and grades one episode and returns its record; faults end it with a reason."""
+                            setup: Setup | None = None,
+                            patience: Patience | None = None) -> EpisodeRecord:
+    """Runs and grades one episode and returns its record; the agent's faults end it with a
+    reason. Raises InfrastructureFault when the machinery failed it (rollout/faults.py)."""
     if rule.needs_teacher and teacher is None:
         raise ValueError(f"episode {episode_id}: rule {rule} needs a teacher")
     if (rule.beta < 1.0 or rule.student_prefix) and student is None:
         raise ValueError(f"episode {episode_id}: rule {rule} lets the student act but there is none")
     stats = stats if stats is not None else CollectorStats()
-    episode = _Episode(task, episode_id, seed, rule, student, teacher, chat, settings, stats)
+    patience = patience if patience is not None else Patience(settings.infra_patience_s)
+    episode = _Episode(task, episode_id, seed, rule, student, teacher, chat, settings, stats,
+                       patience)
     start = time.perf_counter()
     outcome = await episode.run(backend, setup)
     stats.count("episodes")

@@ -8,8 +8,9 @@ Two halves (tools/eval_swebench.py is the command line over them):
    `Outcome.patch`) becomes one line of `<out>/predictions.jsonl`, exactly
    `{"instance_id", "model_name_or_path", "model_patch"}` (an empty patch is a line with
    `model_patch: ""`), appended as the episode finishes. A rerun skips the ids already there.
-   An episode ended by a fault (`sandbox_error`, `policy_error`: a container or an endpoint
-   that failed, not the model) gets no line, so the next run tries it again.
+   An episode the infrastructure failed (a container or an endpoint, not the model) is never
+   recorded (rollout/faults.py), and one that hit a defect of our own tools
+   (`internal_error`) gets no line: either is tried again by the next run.
 
 2. `grade_predictions`: swebench 5.0.2's own per-instance evaluation,
    `swebench.harness.run_evaluation.run_instance`, per prediction: a fresh container from the
@@ -72,7 +73,7 @@ REPORT_FILE = "report.json"
 EPISODES_DIR = "episodes"
 HARNESS_LOG_DIR = Path("logs") / "run_evaluation"
 # Episodes that ended by a fault of the machinery, not of the model: no prediction, retried.
-RETRY_REASONS = ("sandbox_error", "policy_error")
+RETRY_REASONS = ("internal_error", "sandbox_error")
 # The embedded default BPE (as main.py builds it) for the expert when no tokenizer is given.
 GRADED_BY = "swebench {version}: harness.run_evaluation.run_instance (harness.grading.get_eval_report)"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

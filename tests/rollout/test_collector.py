@@ -16,7 +16,9 @@ from dagger_jax.data.shards import EpisodeSource, existing_episode_ids, read_man
 from dagger_jax.envs.tasks.synthetic import generate_tasks
 from dagger_jax.policies.actors import Action, ExpertActor
 from dagger_jax.policies.scripted_expert import ScriptedExpert
+from dagger_jax.policies.sglang_client import RequestRejected
 from dagger_jax.rollout.collector import CollectionJob, collect
+from dagger_jax.rollout.faults import CollectionIncomplete, Patience
 from dagger_jax.rollout.mixed_episode import EpisodeSettings
 from dagger_jax.rollout.mixing import RolloutRule
 
@@ -95,22 +97,26 @@ def test_rerun_of_a_job_collects_nothing_twice_and_coins_replay(tmp_path, chat, 
     assert existing_episode_ids(other) == existing_episode_ids(tmp_path / "iter_000")
 
 
-def test_faults_end_only_their_episode_with_a_reason(tmp_path, chat, bwrap_backend):
-    class Broken:
-        name = "broken"
+class Rejected:
+    """A student whose every request the server refuses (HTTP 400): the request's fault."""
 
-        async def act(self, state):
-            raise ConnectionError("endpoint http://127.0.0.1:9 refused")
+    name = "rejected"
 
-    report = asyncio.run(collect(job(tmp_path, 0.0, k=1), TASKS, student=Broken(),
+    async def act(self, state):
+        raise RequestRejected("http://127.0.0.1:9", "the input is longer than the context",
+                              status=400)
+
+
+def test_an_unusable_turn_ends_only_its_episode_with_a_reason(tmp_path, chat, bwrap_backend):
+    report = asyncio.run(collect(job(tmp_path, 0.0, k=1), TASKS, student=Rejected(),
                                  teacher=ExpertActor(ScriptedExpert()), chat=chat,
                                  backend=bwrap_backend, concurrency=2))
     assert report.failed == {"policy_error": 8} and report.episodes_written == 8
     record = EpisodeSource(tmp_path / "iter_000")[0]
-    assert "refused" in record.outcome.error and not record.outcome.resolved
+    assert "longer than the context" in record.outcome.error and not record.outcome.resolved
     # A teacher that fails only while labelling leaves those states unlabelled; episodes go on.
     report = asyncio.run(collect(job(tmp_path, 0.0, job_id="it0b", k=1, max_turns=3), TASKS,
-                                 student=Looker(), teacher=Broken(), chat=chat,
+                                 student=Looker(), teacher=Rejected(), chat=chat,
                                  backend=bwrap_backend, concurrency=2))
     records = [r for r in (EpisodeSource(tmp_path / "iter_000")[i] for i in range(16))
                if r.episode_id.startswith("it0b/")]
@@ -121,9 +127,49 @@ def test_faults_end_only_their_episode_with_a_reason(tmp_path, chat, bwrap_backe
                             TASKS, student=Looker(), teacher=None, chat=chat, backend=bwrap_backend))
 
 
-def test_a_sandbox_fault_ends_only_its_episode(tmp_path, chat, docker_backend):
-    """One task's image is missing and another's container is killed mid-episode: those two
-    episodes end with sandbox_error and their reasons; the others are collected as usual."""
+def test_an_outage_is_waited_out_and_never_recorded(tmp_path, chat, bwrap_backend):
+    """A student that refuses connections: its calls wait (with backoff) while the job's patience
+    lasts, then the job stops with nothing of the outage written; the same job, rerun once the
+    student is back, collects every episode as the agent's own outcome. A student that comes
+    back within the patience costs nothing but time."""
+
+    class Down:
+        name = "down"
+
+        def __init__(self, failures: int):
+            self.failures = failures
+
+        async def act(self, state):
+            if self.failures > 0:
+                self.failures -= 1
+                raise ConnectionRefusedError("connect to http://127.0.0.1:9 refused")
+            return await Looker().act(state)
+
+    settings = EpisodeSettings(max_turns=2, infra_patience_s=1.5)
+    quick = Patience(settings.infra_patience_s, backoff_initial_s=0.05, backoff_max_s=0.2)
+    out = tmp_path / "iter_000"
+    the_job = CollectionJob(job_id="outage", iteration=0, rule=RolloutRule(beta=0.0),
+                            task_ids=tuple(TASKS)[:4], out_dir=str(out), settings=settings)
+    with pytest.raises(CollectionIncomplete, match="4 of 4 episodes were not collected.*refused"
+                       ".*run the job again") as info:
+        asyncio.run(collect(the_job, TASKS, student=Down(10 ** 6), teacher=ExpertActor(ScriptedExpert()),
+                            chat=chat, backend=bwrap_backend, concurrency=2, patience=quick))
+    assert len(info.value.missing) == 4
+    assert not out.exists() or existing_episode_ids(out) == set()
+    # Back after a few refusals: every episode ends by the turn limit, none by a fault.
+    report = asyncio.run(collect(the_job, TASKS, student=Down(3), teacher=ExpertActor(ScriptedExpert()),
+                                 chat=chat, backend=bwrap_backend, concurrency=2,
+                                 patience=Patience(30, backoff_initial_s=0.05)))
+    assert report.episodes_written == 4 and report.failed == {}
+    assert report.stats["infrastructure_waits"] >= 3
+    assert {EpisodeSource(out)[i].outcome.end_reason for i in range(4)} == {"turn_limit"}
+
+
+def test_a_lost_sandbox_starts_its_episode_again_and_a_missing_image_is_left_for_a_rerun(
+        tmp_path, chat, docker_backend):
+    """One task's image is missing and another's container is killed from outside in its first
+    episode: the killed episode starts again in a new container and is collected as usual; the
+    image's episode is not written (no outcome of the agent's), and the job says so."""
     import dataclasses
 
     import docker
@@ -131,23 +177,26 @@ def test_a_sandbox_fault_ends_only_its_episode(tmp_path, chat, docker_backend):
     tasks = dict(list(TASKS.items())[:3])
     ids = list(tasks)
     tasks[ids[0]] = dataclasses.replace(tasks[ids[0]], image="dagger-jax/no-such-image:1", repo_files=None)
+    killed: list[str] = []
 
     class Killer(Looker):
         async def act(self, state):
-            if state.task.instance_id == ids[1]:
+            if state.task.instance_id == ids[1] and not killed:
+                killed.append(state.sandbox.container_id)
                 docker.from_env().containers.get(state.sandbox.container_id).kill()
             return await super().act(state)
 
-    report = asyncio.run(collect(
-        CollectionJob(job_id="faults", iteration=0, rule=RolloutRule(beta=0.0), task_ids=tuple(ids),
-                      out_dir=str(tmp_path / "iter_000"), settings=EpisodeSettings(max_turns=2)),
-        tasks, student=Killer(), teacher=ExpertActor(ScriptedExpert()), chat=chat,
-        backend=docker_backend, concurrency=3))
-    records = {r.task_id: r for r in (EpisodeSource(tmp_path / "iter_000")[i] for i in range(3))}
-    assert report.failed == {"sandbox_error": 2} and report.episodes_written == 3
-    assert "no-such-image" in records[ids[0]].outcome.error
-    assert "died" in records[ids[1]].outcome.error
-    assert records[ids[2]].outcome.end_reason == "turn_limit" and len(records[ids[2]].turns) == 2
+    out = tmp_path / "iter_000"
+    with pytest.raises(CollectionIncomplete, match="1 of 3 episodes.*no-such-image") as info:
+        asyncio.run(collect(
+            CollectionJob(job_id="faults", iteration=0, rule=RolloutRule(beta=0.0), task_ids=tuple(ids),
+                          out_dir=str(out), settings=EpisodeSettings(max_turns=2)),
+            tasks, student=Killer(), teacher=ExpertActor(ScriptedExpert()), chat=chat,
+            backend=docker_backend, concurrency=3, patience=Patience(20, backoff_initial_s=0.1)))
+    assert info.value.missing == [f"faults/{ids[0]}/0"]
+    records = {r.task_id: r for r in (EpisodeSource(out)[i] for i in range(len(EpisodeSource(out))))}
+    assert sorted(records) == sorted(ids[1:]) and len(killed) == 1
+    assert all(r.outcome.end_reason == "turn_limit" and len(r.turns) == 2 for r in records.values())
 
 
 def test_label_budget_stops_starting_episodes_and_a_rerun_adds_none(tmp_path, chat, bwrap_backend):

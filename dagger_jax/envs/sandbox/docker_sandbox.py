@@ -37,8 +37,11 @@ CLIENT_GRACE_S = 5.0
 CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"]
 _API_ERRORS = (docker.errors.APIError, requests.exceptions.RequestException)
 # pid 1: bash reaps every orphan (a plain `sleep` would collect zombies) and survives the
-# `kill -9 -1` after each command, which spares pid 1 and the caller.
-_IDLE = ["bash", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+# `kill -9 -1` after each command, which spares pid 1 and the caller. It sets no signal
+# handler on purpose: the kernel then drops every signal sent to a namespace's pid 1 from
+# inside it, so an agent's `kill -TERM 1` or `kill -9 1` cannot end its own sandbox (which
+# would look like a fault of the machinery). We stop containers with SIGKILL from outside.
+_IDLE = ["bash", "-c", "while :; do sleep 3600 & wait $!; done"]
 # Every exec: the command with stdout+stderr on one pipe (kept in order), killed at the
 # deadline, then everything it left behind killed; the exit code goes out on stderr last, so
 # an exec that ends without it was cut short from outside.

@@ -138,11 +138,12 @@ def test_turn_limit_and_policy_errors_end_the_episode_with_a_reason(bwrap_backen
     assert crashed.end_reason == "teacher_error" and "model server went away" in crashed.error
 
 
-def test_a_missing_image_is_this_episodes_recorded_reason(docker_backend, run_episode):
+def test_a_missing_image_is_the_machinerys_fault_not_an_outcome(docker_backend, run_episode):
+    from dagger_jax.rollout.faults import InfrastructureFault
+
     task = TASKS[0].__class__(**{**TASKS[0].__dict__, "image": "dagger-jax/no-such-image:1"})
-    result = run_episode(task, ScriptedExpert(), docker_backend)
-    assert result.end_reason == "sandbox_error" and not result.resolved
-    assert "no-such-image" in result.error
+    with pytest.raises(InfrastructureFault, match="no-such-image"):
+        run_episode(task, ScriptedExpert(), docker_backend)
 
 
 def test_minimal_replacement_is_unique_and_small():
@@ -170,9 +171,10 @@ def test_a_container_killed_mid_episode_ends_only_that_episode(docker_backend, r
                 docker.from_env().containers.get(state.sandbox.container_id).kill()
             return self.expert.act(state)
 
-    killed = run_episode(TASKS[0], KillsItsContainer(), docker_backend)
-    assert killed.end_reason == "sandbox_error" and not killed.resolved
-    assert "died" in killed.error or "exited" in killed.error, killed.error
+    from dagger_jax.rollout.faults import InfrastructureFault
+
+    with pytest.raises(InfrastructureFault, match="died"):  # never recorded as the agent's end
+        run_episode(TASKS[0], KillsItsContainer(), docker_backend)
     after = run_episode(TASKS[1], ScriptedExpert(), docker_backend)  # the run goes on
     assert after.resolved
 

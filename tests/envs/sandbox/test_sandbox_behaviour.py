@@ -145,6 +145,13 @@ def test_leftover_background_processes_neither_block_nor_survive(sandbox):
     assert alive.output.strip() == "0"
 
 
+def test_the_agent_cannot_end_its_own_sandbox(sandbox):
+    """Signals to the namespace's pid 1 from inside are dropped: a lost sandbox is always the
+    machinery's fault (rollout/faults.py), never a command's."""
+    sandbox.run("kill -TERM 1; kill -INT 1; kill -HUP 1; kill -9 1; kill -9 -1", timeout_s=10)
+    assert sandbox.run("echo alive").output == "alive\n"
+
+
 def test_fork_bomb_is_contained(sandbox):
     # Count how many processes the sandbox may hold: bounded by the pids limit.
     counted = sandbox.run("python3 -c \"\nimport os, time\nn = 0\ntry:\n    while True:\n"

@@ -101,10 +101,11 @@ def test_swebench_instances_become_tasks_the_expert_resolves_in_their_images(tmp
     noop = json_lines(tool("run_episode.py", "--instances", str(instances), "--policy", "noop",
                            "--sandbox", "docker").stdout)
     assert noop[-1]["episodes"] == 1 and noop[-1]["resolved"] == 0 and noop[-1]["bad_task_lines"] == 1
-    # An image-only task cannot run under bubblewrap: that episode says why, the run goes on.
+    # An image-only task cannot run under bubblewrap: that episode is not run (no outcome of the
+    # policy's), the line says why, and the run goes on.
     bwrap = json_lines(tool("run_episode.py", "--tasks", str(out), "--policy", "expert",
                             "--sandbox", "bwrap").stdout)
-    assert bwrap[0]["end_reason"] == "sandbox_error" and "docker backend" in bwrap[0]["error"]
+    assert "docker backend" in bwrap[0]["not_run"] and bwrap[-1]["not_run"] == 1
 
 
 def test_expert_repairs_damage_in_an_image_task(tmp_path, docker_backend, run_episode):
