@@ -170,8 +170,8 @@ class FakeSGLang:
         return web.Response(text="Cache flushed.\n", status=400 if self.flush_busy else 200)
 
 
-async def _serve_forever(server: FakeSGLang) -> None:
-    await server.start(0)
+async def _serve_forever(server: FakeSGLang, port: int) -> None:
+    await server.start(port)
     print(f"PORT {server.port}", flush=True)
     await asyncio.Event().wait()
 
@@ -180,8 +180,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hang-generate", action="store_true",
                         help="print GENERATE and hang on every /generate (to be killed)")
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--vocab-size", type=int, default=1000)
     args = parser.parse_args()
     try:
-        asyncio.run(_serve_forever(FakeSGLang(hang_generate=args.hang_generate)))
+        asyncio.run(_serve_forever(FakeSGLang(hang_generate=args.hang_generate,
+                                              vocab_size=args.vocab_size), args.port))
     except KeyboardInterrupt:
         sys.exit(0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import pytest
 
@@ -163,6 +164,85 @@ def test_an_outage_is_waited_out_and_never_recorded(tmp_path, chat, bwrap_backen
     assert report.episodes_written == 4 and report.failed == {}
     assert report.stats["infrastructure_waits"] >= 3
     assert {EpisodeSource(out)[i].outcome.end_reason for i in range(4)} == {"turn_limit"}
+
+
+def _serve_fake_sglang(log_path, *args: str):
+    """tests/policies/fake_sglang.py as a process of its own; (process, port)."""
+    import subprocess
+    import sys
+    import time
+
+    server = Path(__file__).parents[1] / "policies" / "fake_sglang.py"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, str(server), *args], stdout=log,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ports = [line.split()[1] for line in log_path.read_text().splitlines()
+                 if line.startswith("PORT ")]
+        if ports:
+            return proc, int(ports[-1])
+        assert proc.poll() is None, log_path.read_text()
+        time.sleep(0.05)
+    raise TimeoutError(log_path.read_text())
+
+
+def test_the_only_student_server_killed_and_restarted_costs_no_episode(tmp_path, chat,
+                                                                        bwrap_backend):
+    """The student's one SGLang endpoint (a reply of 3 tokens cut at max_new_tokens) is SIGKILLed in the middle of the collection and comes
+    back on the same port 3 s later: the episodes wait for it and end as the agent's own."""
+    import threading
+
+    from dagger_jax.policies.actors import TokenActor
+    from dagger_jax.policies.endpoint_pool import EndpointPool
+    from dagger_jax.policies.generation import SamplingParams
+    from dagger_jax.policies.sglang_client import RetryPolicy, SGLangClient
+
+    log = tmp_path / "server.log"
+    first, port = _serve_fake_sglang(log, "--vocab-size", str(len(chat.tokenizer)))
+    servers = [first]
+    client = SGLangClient(f"http://127.0.0.1:{port}", vocab_size=len(chat.tokenizer),
+                          retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.05, jitter_s=0))
+    pool = EndpointPool([client], cooldown_s=0.5)
+    model = TokenActor("student", pool, chat, SamplingParams(temperature=0.0, max_new_tokens=3))
+
+    class KilledOnItsFifthCall:
+        name = "student"
+        calls = 0
+
+        async def act(self, state):
+            self.calls += 1
+            if self.calls == 5:
+                first.kill()
+                first.wait()
+                threading.Timer(3.0, lambda: servers.append(_serve_fake_sglang(
+                    log, "--port", str(port), "--vocab-size", str(len(chat.tokenizer)))[0])).start()
+            return await model.act(state)
+
+    the_job = CollectionJob(job_id="restart", iteration=0, rule=RolloutRule(beta=0.0),
+                            task_ids=tuple(TASKS), out_dir=str(tmp_path / "iter_000"),
+                            settings=EpisodeSettings(max_turns=3, max_new_tokens=3))
+    async def run():
+        try:
+            return await collect(the_job, TASKS, student=KilledOnItsFifthCall(),
+                                 teacher=ExpertActor(ScriptedExpert()), chat=chat,
+                                 backend=bwrap_backend, concurrency=4,
+                                 patience=Patience(60, backoff_initial_s=0.2, backoff_max_s=1))
+        finally:
+            await pool.aclose()
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        for proc in servers:
+            proc.kill()
+    assert len(servers) == 2 and log.read_text().count("PORT ") == 2
+    assert report.episodes_written == 8 and report.failed == {}
+    assert report.stats["infrastructure_waits"] >= 1
+    records = [EpisodeSource(tmp_path / "iter_000")[i] for i in range(8)]
+    assert {r.outcome.end_reason for r in records} == {"turn_limit"}
+    assert all(len(r.turns) == 3 and all(t.executor == "student" and t.label_ids for t in r.turns)
+               for r in records)
 
 
 def test_a_lost_sandbox_starts_its_episode_again_and_a_missing_image_is_left_for_a_rerun(
