@@ -9,6 +9,7 @@ from typing import Any
 import transformers
 
 from dagger_jax.agent.conversation import ConversationEncoder
+from dagger_jax.agent.text import well_formed
 from dagger_jax.agent.template_check import (
     PROBE_MESSAGES,
     ChatTemplateError,
@@ -115,11 +116,12 @@ class ChatTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of text, adding no special tokens (the template wrote them all)."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(well_formed(text), add_special_tokens=False)["input_ids"])
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids of text and each token's (start, end) character span in text."""
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = self.tokenizer(well_formed(text), add_special_tokens=False,
+                                 return_offsets_mapping=True)
         return list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dagger_jax.agent.text import well_formed
 from dagger_jax.agent.template_check import (
     ChatTemplateError,
     Message,
@@ -127,6 +128,8 @@ class ConversationEncoder:
         generation prompt followed by the content verbatim and the end-of-turn token.
         """
         message = dict(message)
+        if isinstance(message.get("content"), str):  # a tool's output may hold any text
+            message["content"] = well_formed(message["content"])
         where = self._where(f"message {len(self._messages)} ({message.get('role')})")
         history = self._messages
         span = None

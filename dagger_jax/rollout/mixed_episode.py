@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from dagger_jax.agent import ChatTokenizer, initial_messages, parse_action
 from dagger_jax.agent.prompts import PROMPT_STYLES
+from dagger_jax.agent.text import well_formed
 from dagger_jax.data.records import EpisodeRecord, Outcome, TurnRecord
 from dagger_jax.envs.editor import StrReplaceEditor
 from dagger_jax.envs.grading import grade
@@ -141,7 +142,9 @@ class _Episode:
     async def _call(self, actor: Actor, role: str, state: TurnState) -> Action:
         start = time.perf_counter()
         try:
-            return await self._patiently(f"{role} endpoints", lambda: actor.act(state))
+            action = await self._patiently(f"{role} endpoints", lambda: actor.act(state))
+            # A text-only actor (an HTTP chat API) can hand over lone surrogates.
+            return dataclasses.replace(action, text=well_formed(action.text))
         finally:
             self.timings[f"{role}_s"] += time.perf_counter() - start
             self.stats.count(f"{role}_calls")
@@ -319,8 +322,9 @@ class _Episode:
                 # Started again in a new sandbox by the collector, never recorded as an outcome.
                 self.stats.count("sandbox_failures")
                 raise InfrastructureFault("sandbox", e) from e
+        error = None if self.error is None else well_formed(self.error)
         if result is None:
-            return Outcome(resolved=False, end_reason=self.end_reason, error=self.error,
+            return Outcome(resolved=False, end_reason=self.end_reason, error=error,
                            fail_to_pass_total=len(self.task.fail_to_pass),
                            pass_to_pass_total=len(self.task.pass_to_pass))
         return Outcome(resolved=result.resolved, end_reason=self.end_reason,
@@ -328,7 +332,8 @@ class _Episode:
                        fail_to_pass_total=result.fail_to_pass_total,
                        pass_to_pass_passed=result.pass_to_pass_passed,
                        pass_to_pass_total=result.pass_to_pass_total,
-                       patch=result.patch, error=self.error or result.error)
+                       patch=well_formed(result.patch),
+                       error=error or (result.error and well_formed(result.error)))
 
 
 async def run_mixed_episode(task: Task, *, episode_id: str, seed: int, rule: RolloutRule,

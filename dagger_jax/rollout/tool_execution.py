@@ -8,7 +8,7 @@ import logging
 from dagger_jax.agent import (ToolCall, format_bash_observation, format_error_observation,
                               format_observation, typed_arguments)
 from dagger_jax.envs.editor import StrReplaceEditor
-from dagger_jax.envs.sandbox.base import Sandbox, SandboxError
+from dagger_jax.envs.sandbox.base import CommandRefused, Sandbox, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ def execute_call(call: ToolCall, sandbox: Sandbox, editor: StrReplaceEditor,
         return _execute(call, sandbox, editor, max_observation_chars)
     except SandboxError:
         raise
+    except CommandRefused as e:  # the sandbox's own refusal: an ordinary observation
+        return StepOutcome(format_error_observation(f"`{call.name}`: {e}", max_observation_chars))
     except Exception as e:  # noqa: BLE001 - the agent's arguments reached a tool's limits
         log.warning("tool %s failed on the agent's arguments: %s: %s", call.name,
                     type(e).__name__, str(e)[:200])

@@ -19,6 +19,10 @@ from pathlib import Path
 WORKDIR = "/testbed"
 # Exit code reported for a command killed at its deadline (the one `timeout` uses).
 TIMEOUT_EXIT_CODE = 124
+# The longest command `run` takes. The kernel refuses a single argument over 128 KiB (E2BIG)
+# when the process starts, which would look like the sandbox failing rather than the command.
+MAX_COMMAND_BYTES = 64 * 1024
+PATH_MAX = 4096  # Linux's
 
 
 class SandboxError(RuntimeError):
@@ -31,6 +35,37 @@ class SandboxError(RuntimeError):
 
 class SandboxFileError(RuntimeError):
     """A file could not be read or written inside the sandbox (missing, a directory, too big)."""
+
+
+class CommandRefused(ValueError):
+    """A command no process can be started with (a NUL byte, text that is not UTF-8, over
+    MAX_COMMAND_BYTES): the caller's fault, refused before the sandbox is touched."""
+
+
+def check_command(command: str) -> None:
+    """Raises CommandRefused for a command that cannot reach a shell intact."""
+    if "\0" in command:
+        raise CommandRefused("the command contains a NUL byte, which no shell argument can hold")
+    try:
+        size = len(command.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        raise CommandRefused("the command is not valid text (it holds a lone surrogate)") from None
+    if size > MAX_COMMAND_BYTES:
+        raise CommandRefused(f"the command is {size} bytes; the limit is {MAX_COMMAND_BYTES} "
+                             "(write long scripts to a file with the editor first)")
+
+
+def check_path(path: str, sandbox: str) -> None:
+    """Raises SandboxFileError for a path no file can have."""
+    if "\0" in path:
+        raise SandboxFileError(f"path {path[:200]!r} for sandbox {sandbox} contains a NUL byte")
+    try:
+        size = len(path.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        raise SandboxFileError(f"path {path[:200]!r} for sandbox {sandbox} is not valid text") from None
+    if size > PATH_MAX:
+        raise SandboxFileError(f"path {path[:80]!r}... for sandbox {sandbox} is {size} bytes, "
+                               f"longer than any path can be ({PATH_MAX})")
 
 
 @dataclass(frozen=True)

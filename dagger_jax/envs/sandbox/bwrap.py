@@ -21,7 +21,8 @@ from dagger_jax.envs.base_image import DEFAULT_RECIPE, cached_rootfs
 from dagger_jax.envs.sandbox import confine
 from dagger_jax.envs.sandbox.base import (TIMEOUT_EXIT_CODE, WORKDIR, CommandResult, Sandbox,
                                           SandboxBackend, SandboxError, SandboxFileError,
-                                          SandboxLimits, SandboxSpec, timeout_note)
+                                          SandboxLimits, SandboxSpec, check_command, check_path,
+                                          timeout_note)
 from dagger_jax.envs.sandbox.output import OutputCapture
 from dagger_jax.envs.sandbox.owner import Owner
 from dagger_jax.envs.sandbox.process import ProcessOutcome, run_with_deadline
@@ -112,6 +113,7 @@ class BwrapSandbox(Sandbox):
         return outcome, capture
 
     def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
+        check_command(command)
         timeout = self._timeout(timeout_s)
         outcome, capture = self._exec(["bash", "-lc", command], timeout,
                                       self.limits.output_limit_bytes)
@@ -124,6 +126,7 @@ class BwrapSandbox(Sandbox):
 
     def read_file(self, path: str) -> str:
         # Read inside the sandbox, so a symlink in the repo resolves there, not on the host.
+        check_path(path, self.name)
         limit = self.limits.file_limit_bytes
         outcome, capture = self._exec(["cat", "--", path], self.limits.command_timeout_s, limit + 1)
         if outcome.exit_code != 0 or outcome.timed_out:
@@ -135,6 +138,7 @@ class BwrapSandbox(Sandbox):
         return capture.data().decode("utf-8", "surrogateescape")
 
     def write_file(self, path: str, text: str) -> None:
+        check_path(path, self.name)
         script = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
         outcome, capture = self._exec(["sh", "-c", script, "sh", path],
                                       self.limits.command_timeout_s, 4096,

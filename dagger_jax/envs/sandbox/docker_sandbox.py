@@ -23,7 +23,7 @@ import requests.exceptions
 
 from dagger_jax.envs.sandbox.base import (TIMEOUT_EXIT_CODE, WORKDIR, CommandResult, Sandbox,
                                           SandboxError, SandboxFileError, SandboxLimits,
-                                          timeout_note)
+                                          check_command, check_path, timeout_note)
 from dagger_jax.envs.sandbox.output import OutputCapture
 
 LABEL_SANDBOX = "dagger_jax.sandbox"
@@ -186,6 +186,7 @@ class DockerSandbox(Sandbox):
             raise self._died(during, e) from e
 
     def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
+        check_command(command)
         timeout = self._timeout(timeout_s)
         capture = OutputCapture(self.limits.output_limit_bytes)
         argv = ["bash", "-lc", command]
@@ -194,6 +195,7 @@ class DockerSandbox(Sandbox):
         return CommandResult(exit_code, output, timed_out, capture.truncated, duration)
 
     def read_file(self, path: str) -> str:
+        check_path(path, self.name)
         limit = self.limits.file_limit_bytes
         capture = OutputCapture(limit + 1)
         exit_code, timed_out, _ = self._exec(["cat", "--", path], self.limits.command_timeout_s,
@@ -207,6 +209,7 @@ class DockerSandbox(Sandbox):
         return capture.data().decode("utf-8", "surrogateescape")
 
     def write_file(self, path: str, text: str) -> None:
+        check_path(path, self.name)
         if not posixpath.isabs(path):
             raise SandboxFileError(f"write to sandbox {self.name} needs an absolute path, "
                                    f"got {path}")

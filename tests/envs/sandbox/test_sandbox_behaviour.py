@@ -152,6 +152,21 @@ def test_the_agent_cannot_end_its_own_sandbox(sandbox):
     assert sandbox.run("echo alive").output == "alive\n"
 
 
+def test_commands_and_paths_no_process_can_take_are_refused_before_the_sandbox(sandbox):
+    from dagger_jax.envs.sandbox.base import CommandRefused
+
+    for command, why in [("echo a\0b", "NUL"), ("echo \ud800", "not valid text"),
+                         ("echo " + "x" * 200_000, "limit is")]:
+        with pytest.raises(CommandRefused, match=why):
+            sandbox.run(command)
+    for path in ["/testbed/a\0b", "/testbed/" + "d/" * 3000]:
+        with pytest.raises(SandboxFileError):
+            sandbox.read_file(path)
+        with pytest.raises(SandboxFileError):
+            sandbox.write_file(path, "text")
+    assert sandbox.run("echo " + "x" * 60_000 + " | wc -c").output == "60001\n"
+
+
 def test_fork_bomb_is_contained(sandbox):
     # Count how many processes the sandbox may hold: bounded by the pids limit.
     counted = sandbox.run("python3 -c \"\nimport os, time\nn = 0\ntry:\n    while True:\n"
