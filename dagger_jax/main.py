@@ -37,7 +37,9 @@ from dagger_jax.storage.store import (StorePath, StoreUnavailable, check_writabl
                                       write_text_atomic)
 from dagger_jax.tokenizer import load_tokenizer, save_tokenizer
 from dagger_jax.tokenizer.default import default_tokenizer
-from dagger_jax.train.processes import agree_on_config
+from dagger_jax.rollout.faults import CollectionIncomplete
+from dagger_jax.train.checkpoint import CheckpointWriteFailed, DamagedCheckpoint
+from dagger_jax.train.processes import PeerLost, agree_on_config
 from dagger_jax.train.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).", lock_config=True)
@@ -189,6 +191,12 @@ def print_history(recipe: str, history: list[dict]) -> None:
                        else f"{str(row.get(c, '-')):>18}" for c in columns))
 
 
+# Faults of the run's surroundings that the run was left resumable from: reported in one line
+# (what, where, what to do), not a traceback.
+ONE_LINE_ERRORS = (StoreUnavailable, CheckpointWriteFailed, DamagedCheckpoint,
+                   CollectionIncomplete, PeerLost)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -197,7 +205,7 @@ def main(argv: list[str]) -> None:
     initialize_distributed(config)
     try:
         run(config, _WORKDIR.value)
-    except StoreUnavailable as e:
+    except ONE_LINE_ERRORS as e:  # their messages say what happened and what to do
         sys.exit(f"dagger_jax.main: {e}")
 
 

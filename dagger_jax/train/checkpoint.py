@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,30 @@ class DamagedCheckpoint(RuntimeError):
         self.step = step
 
 
+class CheckpointWriteFailed(RuntimeError):
+    """A step could not be written (a full disk, a refused bucket); one line naming the step,
+    the path and, on a local disk, the space left. The partial step is removed."""
+
+
+class _DropRelayedErrors(logging.Filter):
+    """Orbax logs an error (with its traceback) in each worker thread of a failed save and then
+    raises it in the caller, where save() reports it in one line: the thread copies go."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_SignalingThread.run() raised an exception" not in str(record.msg)
+
+
+_RELAYED = _DropRelayedErrors()
+
+
+def _space_left(directory: Path) -> str:
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    return f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB on that filesystem"
+
+
 def _core(text: str) -> str:
     """The tensorstore / OS reason of an unreadable file, without the driver spec around it."""
     found = re.search(r"(Requested byte range \[\d+, \d+\) is not valid for value of size \d+|"
@@ -65,6 +90,7 @@ class Checkpointer:
                                                enable_async_checkpointing=False)
         where = self.directory if is_remote(self.directory) else self.directory.absolute()
         self._manager = ocp.CheckpointManager(where, options=options, item_names=ITEMS)
+        logging.getLogger("absl").addFilter(_RELAYED)  # a set: added once however many we make
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -79,8 +105,24 @@ class Checkpointer:
         items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if opt_state is not None:
             items["opt_state"] = ocp.args.StandardSave(opt_state)
-        self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - tensorstore / OS errors come in many types
+            raise self._write_failed(int(step), e) from e
+
+    def _write_failed(self, step: int, error: Exception) -> CheckpointWriteFailed:
+        text = str(error).strip()
+        reason = ("no space left on device" if "RESOURCE_EXHAUSTED" in text or "No space" in text
+                  else (text.splitlines()[0][:200] if text else type(error).__name__))
+        if is_remote(self.directory):
+            return CheckpointWriteFailed(f"checkpoint step {step} could not be written to "
+                                         f"{self.directory}: {reason}")
+        for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)  # gives back what the failed write took
+        return CheckpointWriteFailed(f"checkpoint step {step} could not be written to "
+                                     f"{self.directory.absolute()}: {reason} "
+                                     f"({_space_left(self.directory)})")
 
     def _step_or_latest(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dagger_jax.models.config import Qwen3Config
-from dagger_jax.train.checkpoint import Checkpointer, DamagedCheckpoint
+from dagger_jax.train.checkpoint import Checkpointer, CheckpointWriteFailed, DamagedCheckpoint
 
 CONFIG = Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                      num_attention_heads=2, num_key_value_heads=1, head_dim=8,
@@ -58,3 +58,35 @@ def test_told_to_stop_it_stops_naming_the_step_and_file(tmp_path):
     assert "checkpoint step 2" in str(stopped.value)
     assert any(file.name in str(stopped.value) for file in damaged)
     assert checkpointer.all_steps() == [1, 2]  # nothing moved
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KiB tmpfs (we run as root, as the sandboxes need)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_during_a_save_is_one_line_with_the_space_left(small_disk, caplog):
+    import jax
+
+    checkpointer = Checkpointer(small_disk / "checkpoints")
+    checkpointer.save(1, {"w": jnp.zeros((64, 16))}, None, CONFIG)
+    noise = jax.random.normal(jax.random.PRNGKey(0), (512, 512))  # 1 MiB that does not compress
+    with caplog.at_level(logging.WARNING), pytest.raises(CheckpointWriteFailed) as failed:
+        checkpointer.save(2, {"w": noise}, None, CONFIG)
+    line = str(failed.value)
+    assert "\n" not in line and "checkpoint step 2" in line and str(small_disk) in line
+    assert "no space left on device" in line and "MiB free of 0.3 MiB" in line
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no thread copies
+    # The partial step is gone (its space given back) and the step before is still whole.
+    assert sorted(p.name for p in (small_disk / "checkpoints").iterdir()) == ["1"]
+    assert checkpointer.all_steps() == [1]
