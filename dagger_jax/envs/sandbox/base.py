@@ -78,8 +78,15 @@ class SandboxLimits:
     command_timeout_s: float = 120.0
     output_limit_bytes: int = 30_000
     file_limit_bytes: int = 16 * 1024 * 1024  # the largest file read_file returns
+    # What memory_mb caps: "sandbox", all of a sandbox's processes together (docker's
+    # container cgroup; a cgroup per bubblewrap sandbox), or "process", each process on its
+    # own (RLIMIT_AS only: a bubblewrap host where no cgroup can be made, chosen knowingly).
+    memory_scope: str = "sandbox"
 
     def __post_init__(self):
+        if self.memory_scope not in ("sandbox", "process"):
+            raise ValueError(f"SandboxLimits.memory_scope must be 'sandbox' or 'process', got "
+                             f"{self.memory_scope!r}")
         for name in ("memory_mb", "pids", "cpus", "command_timeout_s", "output_limit_bytes",
                      "file_limit_bytes"):
             if not getattr(self, name) > 0:

@@ -5,7 +5,8 @@ private loopback), a read-only root (the debootstrap base rootfs when it is cach
 read-only bind of the host's /usr and /etc), the repo copy at /testbed and the episode's own
 /tmp (both on disk, kept between its commands).
 Inside, the command drops to the sandbox's own uid with process, memory and CPU limits
-(`confine.py`). When the command ends or is killed, its pid namespace, and so every process
+(`confine.py`); all its processes together stay under the memory limit by a cgroup of the
+sandbox's own (`cgroup.py`). When the command ends or is killed, its pid namespace, and so every process
 it started, goes with it.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from dagger_jax.envs.base_image import DEFAULT_RECIPE, cached_rootfs
 from dagger_jax.envs.sandbox import confine
+from dagger_jax.envs.sandbox.cgroup import MemoryCgroup, MemoryHierarchy
 from dagger_jax.envs.sandbox.base import (TIMEOUT_EXIT_CODE, WORKDIR, CommandResult, Sandbox,
                                           SandboxBackend, SandboxError, SandboxFileError,
                                           SandboxLimits, SandboxSpec, check_command, check_path,
@@ -49,12 +51,16 @@ class BwrapSandbox(Sandbox):
     """One episode's bubblewrap sandbox over a private copy of a host repo directory."""
 
     def __init__(self, repo_dir: Path, limits: SandboxLimits, work_root: Path,
-                 rootfs: Path | None, owner: Owner):
+                 rootfs: Path | None, owner: Owner, memory: MemoryHierarchy | None):
         self._lease = None
+        self._cgroup = None
         self._dir = work_root / f"{owner.token()}~{secrets.token_hex(4)}"
         super().__init__(f"bwrap:{self._dir.name}", limits)
         try:
             self._lease = confine.lease_uid()
+            if memory is not None:  # named by the uid slot: one sandbox holds it at a time
+                self._cgroup = MemoryCgroup(memory, f"slot-{self._lease.slot}",
+                                            limits.memory_mb * 2**20)
             self._copy = self._dir / "testbed"
             self._dir.mkdir(parents=True, mode=0o700)
             # /tmp and /var/tmp live on disk next to the copy: they persist between the
@@ -85,7 +91,8 @@ class BwrapSandbox(Sandbox):
 
     def _bwrap_prefix(self, rootfs: Path | None) -> list[str]:
         root = ["--ro-bind", str(rootfs), "/"] if rootfs is not None else _host_root_binds()
-        argv = ["bwrap", *root,
+        enter = self._cgroup.enter_argv() if self._cgroup is not None else []
+        argv = [*enter, "bwrap", *root,
                 "--proc", "/proc", "--dev", "/dev",
                 # Sized: tmpfs pages are RAM that RLIMIT_AS does not count.
                 "--perms", "1777", "--size", str(_SHM_BYTES), "--tmpfs", "/dev/shm",
@@ -153,6 +160,8 @@ class BwrapSandbox(Sandbox):
         self._closed = True
         if self._lease is not None:
             self._lease.release()
+        if self._cgroup is not None:
+            self._cgroup.remove()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -172,8 +181,21 @@ class BwrapBackend(SandboxBackend):
         self.work_root = Path(work_root)
         # The base rootfs isolates better than host binds (no host binaries or config visible).
         self.rootfs = cached_rootfs() if rootfs == "auto" else (Path(rootfs) if rootfs else None)
+        self.memory = self._memory_hierarchy(limits)
         self.owner = Owner.current()
         self.reap_orphans()
+
+    @staticmethod
+    def _memory_hierarchy(limits: SandboxLimits) -> MemoryHierarchy | None:
+        if limits.memory_scope == "process":
+            return None
+        try:
+            return MemoryHierarchy.find()
+        except SandboxError as e:
+            raise SandboxError(
+                f"{e}. The bubblewrap backend caps each sandbox's memory with a cgroup of its "
+                "own; run it as root with a writable /sys/fs/cgroup, use the docker backend, or "
+                "accept per-process limits with SandboxLimits(memory_scope='process')") from None
 
     def open(self, spec: SandboxSpec) -> BwrapSandbox:
         if spec.repo_dir is None:
@@ -182,7 +204,8 @@ class BwrapBackend(SandboxBackend):
         if spec.image not in (None, DEFAULT_RECIPE.image):
             raise SandboxError(f"the bubblewrap backend runs on the base rootfs only, not image "
                                f"{spec.image} (use the docker backend)")
-        return BwrapSandbox(spec.repo_dir, self.limits, self.work_root, self.rootfs, self.owner)
+        return BwrapSandbox(spec.repo_dir, self.limits, self.work_root, self.rootfs, self.owner,
+                            self.memory)
 
     def reap_orphans(self) -> int:
         """Removes repo copies whose owning process died (its uid lease died with it)."""

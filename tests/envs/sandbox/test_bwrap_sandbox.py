@@ -106,3 +106,24 @@ def test_missing_bwrap_is_a_sandbox_error(monkeypatch):
     monkeypatch.setattr(bwrap_module.shutil, "which", lambda name: None)
     with pytest.raises(SandboxError, match="ensure_sandbox_deps"):
         BwrapBackend(LIMITS)
+
+
+def test_without_a_memory_cgroup_it_refuses_unless_told_per_process_limits_will_do(monkeypatch,
+                                                                                   tmp_path):
+    from dagger_jax.envs.sandbox import cgroup
+    from dagger_jax.envs.sandbox.base import SandboxLimits
+
+    with pytest.raises(SandboxError, match="no memory cgroup controller"):
+        cgroup.MemoryHierarchy.find(root=tmp_path, self_cgroup="0::/user.slice\n")
+
+    def none(*args, **kwargs):
+        raise SandboxError("no memory cgroup controller is mounted at /sys/fs/cgroup")
+
+    monkeypatch.setattr(cgroup.MemoryHierarchy, "find", none)
+    with pytest.raises(SandboxError, match="memory_scope='process'"):
+        BwrapBackend(LIMITS, work_root=tmp_path / "w")
+    per_process = BwrapBackend(SandboxLimits(memory_mb=512, memory_scope="process"),
+                               work_root=tmp_path / "w")
+    assert per_process.memory is None
+    with pytest.raises(ValueError, match="memory_scope"):
+        SandboxLimits(memory_scope="host")

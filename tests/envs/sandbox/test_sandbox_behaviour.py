@@ -189,6 +189,17 @@ def test_memory_limit_stops_a_large_allocation(sandbox):
     assert big.exit_code != 0 and "ALLOCATED" not in big.output, big.output
 
 
+def test_the_memory_limit_holds_for_all_processes_together(sandbox):
+    """Four processes of 200 MB each, at once, under a 512 MB limit: at most two hold theirs
+    (each alone is under the limit, so a per-process limit would let all four through)."""
+    assert LIMITS.memory_mb == 512
+    hog = ("python3 -c \"import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * "
+           "len(b[::4096]); print('held', flush=True); time.sleep(4)\"")
+    result = sandbox.run(f"for i in 1 2 3 4; do {hog} & done; wait", timeout_s=60)
+    assert 1 <= result.output.splitlines().count("held") <= 2, result.output
+    assert sandbox.run("echo alive").output == "alive\n"
+
+
 def test_output_flood_is_capped_with_a_marker(sandbox):
     result = sandbox.run("echo FIRST; yes | head -c 100000000; echo; echo LAST")
     assert result.exit_code == 0 and result.truncated and not result.timed_out
