@@ -121,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
         context_budget=4096,
         prompt_style="full",      # full (the scaffold's) | compact (agent/prompts.py; CPU demo)
         concurrency=4,
+        # Seconds a collection waits out endpoints that do not answer or sandboxes that will not
+        # start before it stops with what it has stored (rerun: it collects the rest).
+        infra_patience_s=600.0,
         sandbox="bwrap",          # bwrap | docker
         rollout_service="",       # URL of a rollout service; empty: collect in-process
         student_endpoints="",     # SGLang URLs, comma-separated; empty: the in-process JAX sampler

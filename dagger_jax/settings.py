@@ -153,7 +153,8 @@ def parse_label_budgets(spec: str, default: int, iterations: int) -> tuple[int, 
 def episode_settings(loop: Any, max_turns: int) -> EpisodeSettings:
     return EpisodeSettings(max_turns=max_turns, max_new_tokens=loop.max_new_tokens,
                            context_budget=loop.context_budget, prompt_style=loop.prompt_style,
-                           stuck_repeats=loop.stuck_repeats, edit_miss_hint=loop.edit_miss_hint)
+                           stuck_repeats=loop.stuck_repeats, edit_miss_hint=loop.edit_miss_hint,
+                           infra_patience_s=loop.infra_patience_s)
 
 
 def loop_settings(config: Any, run: RecipeRun) -> LoopSettings:
