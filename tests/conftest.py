@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("bwrap", "docker")
 # Small limits keep the limit tests quick; 512 MB still runs python3, git and pytest.
 LIMITS = SandboxLimits(memory_mb=512, pids=64, cpus=1.0, command_timeout_s=60.0,
-                       output_limit_bytes=4096)
+                       output_limit_bytes=4096, disk_mb=256)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dagger_jax.data.shards import MANIFEST, ShardError
-from dagger_jax.storage.store import (DamagedCopy, PathLike, StorePath, is_remote, store_path,
+from dagger_jax.storage.store import (DamagedCopy, PathLike, StorePath, is_remote,
+                                      read_text_whole, store_path,
                                       verified_read, working_copy)
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class SyncedShardDir:
 
     def _stored_lines(self) -> list[str]:
         manifest = self.target / MANIFEST
-        return _split_finished(manifest.read_text()) if manifest.exists() else []
+        return _split_finished(read_text_whole(manifest)) if manifest.exists() else []
 
     def _fetch(self, entry: dict, destination: Path) -> None:
         try:

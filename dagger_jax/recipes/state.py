@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from dagger_jax.storage import layout
-from dagger_jax.storage.store import PathLike, write_text_atomic
+from dagger_jax.storage.store import PathLike, read_text_whole, write_text_atomic
 
 PHASES = ("collect", "train", "export", "evaluate")
 
@@ -28,7 +28,7 @@ class LoopState:
         if not path.exists():
             return cls()
         try:
-            state = cls(**json.loads(path.read_text()))
+            state = cls(**json.loads(read_text_whole(path)))
         except (json.JSONDecodeError, TypeError) as e:
             raise ValueError(f"{path} is not a loop state this code can read: {e}") from None
         if state.phase not in PHASES:

@@ -143,7 +143,7 @@ def local_dir(source: PathLike, cache: PathLike | None = None) -> Path:
         return Path(os.fspath(source))
     if not is_published(source):
         raise FileNotFoundError(f"{source}: not a published directory (no {PUBLISHED} marker)")
-    marker = (source / PUBLISHED).read_text()
+    marker = read_text_whole(source / PUBLISHED)
     key = hashlib.sha256(f"{source}\n{marker}".encode()).hexdigest()[:16]
     root = Path(cache) if cache is not None else Path(tempfile.gettempdir()) / "dagger_jax_store"
     local = root / f"{source.name}-{key}"
@@ -214,6 +214,17 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")  # one per writer
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def read_text_whole(path: PathLike) -> str:
+    """The text of a file that write_text_atomic replaces, read as one version. On object
+    storage an opened file is read in ranges after a size lookup, so a reader racing a
+    replacement could join the old object's size to the new one's bytes; one GET without a
+    range returns a single generation."""
+    path = store_path(path)
+    if not is_remote(path):
+        return path.read_text()
+    return fsspec.filesystem("gcs").cat_file(os.fspath(path)).decode()
 
 
 def _mkdirs(path: Path) -> Path:

@@ -46,7 +46,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from dagger_jax.data.shards import EpisodeSource, labelled_turns, read_manifest
-from dagger_jax.storage.store import store_path
+from dagger_jax.storage.store import read_text_whole, store_path
 from tests.conftest import SUBPROCESS_XLA_FLAGS
 
 # Real sandboxes, servers or whole runs: left out of make test-fast.
@@ -349,7 +349,7 @@ def test_the_loop_in_a_bucket_resumes_on_another_machine_to_the_local_result(
     env = {**environment(shared), **gcs}
 
     def bucket_state(_workdir: str) -> dict[str, Any] | None:
-        return json.loads((run / "state.json").read_text()) if (run / "state.json").exists() \
+        return json.loads(read_text_whole(run / "state.json")) if (run / "state.json").exists() \
             else None
 
     def collecting_2(_workdir: str, state: Any) -> bool:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from dagger_jax.storage.store import (PUBLISHED, DamagedCopy, is_published, local_dir, staged_dir,
-                                      store_path)
+from dagger_jax.storage.store import (PUBLISHED, DamagedCopy, is_published, local_dir,
+                                      read_text_whole, staged_dir, store_path, write_text_atomic)
 from tests.gcs_emulator import create_bucket, object_names
 
 
@@ -41,6 +41,30 @@ def test_an_unpublished_remote_directory_is_not_read(gcs):
     (half / "config.json").write_text("{}")  # files without the marker: a copy cut short
     with pytest.raises(FileNotFoundError, match="not a published directory"):
         local_dir(half)
+
+
+def test_a_replaced_file_reads_as_one_version_while_it_is_rewritten(gcs, tmp_path):
+    """A reader racing write_text_atomic (another host polling state.json) gets the old text
+    or the new, never one's length with the other's bytes."""
+    import threading
+
+    versions = [("{" + f'"v": {i}, "pad": "' + "x" * (i * 37 % 500) + '"}') for i in range(60)]
+    for root in (create_bucket(gcs, "store-whole"), str(tmp_path)):
+        path = store_path(root) / "state.json"
+        write_text_atomic(path, versions[0])
+        done = threading.Event()
+        seen: list[str] = []
+
+        def writer():
+            for text in versions[1:]:
+                write_text_atomic(path, text)
+            done.set()
+
+        threading.Thread(target=writer).start()
+        while not done.is_set():
+            seen.append(read_text_whole(path))
+        assert seen and set(seen) <= set(versions)
+        assert read_text_whole(path) == versions[-1]
 
 
 @pytest.mark.parametrize("text", ["gs:/bucket/run", "s3://bucket/run"])

@@ -78,12 +78,16 @@ class SandboxLimits:
     command_timeout_s: float = 120.0
     output_limit_bytes: int = 30_000
     file_limit_bytes: int = 16 * 1024 * 1024  # the largest file read_file returns
+    # What the sandbox may write (its repo copy or image changes, /tmp), in MB; 0: no quota.
+    disk_mb: int = 4096
     # What memory_mb caps: "sandbox", all of a sandbox's processes together (docker's
     # container cgroup; a cgroup per bubblewrap sandbox), or "process", each process on its
     # own (RLIMIT_AS only: a bubblewrap host where no cgroup can be made, chosen knowingly).
     memory_scope: str = "sandbox"
 
     def __post_init__(self):
+        if self.disk_mb < 0:
+            raise ValueError(f"SandboxLimits.disk_mb must be >= 0 (0: no quota), got {self.disk_mb}")
         if self.memory_scope not in ("sandbox", "process"):
             raise ValueError(f"SandboxLimits.memory_scope must be 'sandbox' or 'process', got "
                              f"{self.memory_scope!r}")

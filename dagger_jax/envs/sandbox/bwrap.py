@@ -3,7 +3,8 @@
 Each command is a fresh `bwrap` with new pid, net, ipc and uts namespaces (no network: only a
 private loopback), a read-only root (the debootstrap base rootfs when it is cached, else a
 read-only bind of the host's /usr and /etc), the repo copy at /testbed and the episode's own
-/tmp (both on disk, kept between its commands).
+/tmp (both on disk, kept between its commands, on a filesystem of the disk quota's size:
+`disk.py`).
 Inside, the command drops to the sandbox's own uid with process, memory and CPU limits
 (`confine.py`); all its processes together stay under the memory limit by a cgroup of the
 sandbox's own (`cgroup.py`). When the command ends or is killed, its pid namespace, and so every process
@@ -21,6 +22,7 @@ from pathlib import Path
 from dagger_jax.envs.base_image import DEFAULT_RECIPE, cached_rootfs
 from dagger_jax.envs.sandbox import confine
 from dagger_jax.envs.sandbox.cgroup import MemoryCgroup, MemoryHierarchy
+from dagger_jax.envs.sandbox.disk import DiskImage, unmount
 from dagger_jax.envs.sandbox.base import (TIMEOUT_EXIT_CODE, WORKDIR, CommandResult, Sandbox,
                                           SandboxBackend, SandboxError, SandboxFileError,
                                           SandboxLimits, SandboxSpec, check_command, check_path,
@@ -54,6 +56,7 @@ class BwrapSandbox(Sandbox):
                  rootfs: Path | None, owner: Owner, memory: MemoryHierarchy | None):
         self._lease = None
         self._cgroup = None
+        self._disk = None
         self._dir = work_root / f"{owner.token()}~{secrets.token_hex(4)}"
         super().__init__(f"bwrap:{self._dir.name}", limits)
         try:
@@ -61,12 +64,18 @@ class BwrapSandbox(Sandbox):
             if memory is not None:  # named by the uid slot: one sandbox holds it at a time
                 self._cgroup = MemoryCgroup(memory, f"slot-{self._lease.slot}",
                                             limits.memory_mb * 2**20)
-            self._copy = self._dir / "testbed"
             self._dir.mkdir(parents=True, mode=0o700)
-            # /tmp and /var/tmp live on disk next to the copy: they persist between the
-            # episode's commands (as in a container) and cannot eat RAM as a tmpfs would.
+            # Everything the sandbox writes: the repo copy, /tmp and /var/tmp, on disk (they
+            # persist between the episode's commands, as in a container), on a filesystem of
+            # the quota's size when there is one.
+            self._rw = self._dir / "rw"
+            if limits.disk_mb:
+                self._disk = DiskImage(self._dir / "disk.img", self._rw, limits.disk_mb)
+            else:
+                self._rw.mkdir()
+            self._copy = self._rw / "testbed"
             for scratch in ("tmp", "var_tmp"):
-                (self._dir / scratch).mkdir(mode=0o700)
+                (self._rw / scratch).mkdir(mode=0o700)
             # cp -a keeps modes, symlinks (not followed) and times; reflinks where the fs can.
             done = subprocess.run(["cp", "-a", "--reflink=auto", f"{repo_dir}/.", str(self._copy)],
                                   capture_output=True, text=True)
@@ -75,7 +84,7 @@ class BwrapSandbox(Sandbox):
                                    f"failed: {done.stderr.strip()}")
             uid = str(self._lease.uid)
             done = subprocess.run(["chown", "-R", "-h", f"{uid}:{uid}", str(self._copy),
-                                   str(self._dir / "tmp"), str(self._dir / "var_tmp")],
+                                   str(self._rw / "tmp"), str(self._rw / "var_tmp")],
                                   capture_output=True, text=True)
             if done.returncode != 0:
                 raise SandboxError(f"handing the repo copy of sandbox {self.name} to uid {uid} "
@@ -97,8 +106,8 @@ class BwrapSandbox(Sandbox):
                 # Sized: tmpfs pages are RAM that RLIMIT_AS does not count.
                 "--perms", "1777", "--size", str(_SHM_BYTES), "--tmpfs", "/dev/shm",
                 "--size", str(_SHM_BYTES), "--tmpfs", "/run",
-                "--bind", str(self._dir / "tmp"), "/tmp",
-                "--bind", str(self._dir / "var_tmp"), "/var/tmp",
+                "--bind", str(self._rw / "tmp"), "/tmp",
+                "--bind", str(self._rw / "var_tmp"), "/var/tmp",
                 "--bind", str(self._copy), WORKDIR, "--chdir", WORKDIR,
                 # No user namespace: it would keep the processes root to the kernel's
                 # accounting; confine_argv drops to a real unprivileged uid instead.
@@ -162,6 +171,8 @@ class BwrapSandbox(Sandbox):
             self._lease.release()
         if self._cgroup is not None:
             self._cgroup.remove()
+        if self._disk is not None:
+            self._disk.release()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -215,6 +226,8 @@ class BwrapBackend(SandboxBackend):
         for entry in self.work_root.iterdir():
             owner = Owner.from_token(entry.name.rsplit("~", 1)[0])
             if owner is not None and owner.is_local() and not owner.is_alive():
+                if os.path.ismount(entry / "rw"):
+                    unmount(entry / "rw")
                 shutil.rmtree(entry, ignore_errors=True)
                 reaped += 1
         return reaped

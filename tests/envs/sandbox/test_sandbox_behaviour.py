@@ -190,13 +190,29 @@ def test_memory_limit_stops_a_large_allocation(sandbox):
 
 
 def test_the_memory_limit_holds_for_all_processes_together(sandbox):
-    """Four processes of 200 MB each, at once, under a 512 MB limit: at most two hold theirs
-    (each alone is under the limit, so a per-process limit would let all four through)."""
+    """Four processes of 200 MB each, at once, under a 512 MB limit: at most two keep theirs for
+    4 s (each alone is under the limit, so a per-process limit would let all four through; one
+    killed after it printed may let another allocate, so survivors are counted)."""
     assert LIMITS.memory_mb == 512
     hog = ("python3 -c \"import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * "
-           "len(b[::4096]); print('held', flush=True); time.sleep(4)\"")
+           "len(b[::4096]); time.sleep(4); print('survived', flush=True)\"")
     result = sandbox.run(f"for i in 1 2 3 4; do {hog} & done; wait", timeout_s=60)
-    assert 1 <= result.output.splitlines().count("held") <= 2, result.output
+    assert 1 <= result.output.splitlines().count("survived") <= 2, result.output
+    assert result.output.count("Killed") >= 2, result.output
+    assert sandbox.run("echo alive").output == "alive\n"
+
+
+def test_the_disk_quota_is_an_error_in_the_commands_output(sandbox):
+    """Filling the sandbox's disk (its repo, /tmp) fails in the command, as on a full disk;
+    the host gives up no more than the quota, and the sandbox goes on."""
+    assert LIMITS.disk_mb == 256
+    for where in ("/tmp/big", "/testbed/big"):
+        result = sandbox.run(f"fallocate -l 5G {where} || head -c 400M /dev/zero > {where}")
+        assert result.exit_code != 0 and ("No space left" in result.output
+                                          or "quota" in result.output), result.output
+        sandbox.run(f"rm -f {where}")
+    written = sandbox.run("head -c 100M /dev/zero > /tmp/f && du -m /tmp/f | cut -f1")
+    assert written.exit_code == 0 and written.output.strip() == "100", written.output
     assert sandbox.run("echo alive").output == "alive\n"
 
 
