@@ -72,7 +72,8 @@ class DockerSandbox(Sandbox):
     """One episode's container; `close()` (or garbage collection) always removes it."""
 
     def __init__(self, client: docker.DockerClient, image: str, repo_dir: Path | None,
-                 limits: SandboxLimits, name: str, labels: dict[str, str]):
+                 limits: SandboxLimits, name: str, labels: dict[str, str],
+                 storage_opt: dict[str, str] | None = None):
         super().__init__(f"docker:{name}", limits)
         self._client = client
         self._container = None
@@ -91,7 +92,8 @@ class DockerSandbox(Sandbox):
                 mem_limit=f"{limits.memory_mb}m", memswap_limit=f"{limits.memory_mb}m",
                 pids_limit=limits.pids, nano_cpus=int(limits.cpus * 1e9),
                 cap_drop=["ALL"], cap_add=CAPABILITIES, security_opt=["no-new-privileges"],
-                environment={"LANG": "C.UTF-8", "TERM": "dumb"}, detach=True)
+                environment={"LANG": "C.UTF-8", "TERM": "dumb"}, storage_opt=storage_opt,
+                detach=True)
             if repo_dir is not None:
                 # Copied before start: the episode's changes live in this container only.
                 self._container.put_archive(WORKDIR, _repo_tar(repo_dir))

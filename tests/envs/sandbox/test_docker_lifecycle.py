@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import signal
@@ -172,3 +173,21 @@ def test_a_wedged_exec_is_ended_by_the_client_deadline(docker_backend, task_repo
                          timeout_s=1)
         assert result.timed_out and result.exit_code == 124
         assert box.run("cat /testbed/mark").output == "kept\n"
+
+
+def test_a_daemon_that_cannot_size_containers_is_said_once_and_one_that_can_sizes_them(
+        docker_backend, caplog):
+    import logging
+
+    from dagger_jax.envs.sandbox.docker_backend import DockerBackend
+    from tests.envs.sandbox.conftest import LIMITS
+
+    with caplog.at_level(logging.WARNING):
+        backend = DockerBackend(LIMITS, run_id="pytest-quota")
+    warned = [r.getMessage() for r in caplog.records if "without a disk quota" in r.getMessage()]
+    if backend.disk_quota:
+        assert not warned and backend.storage_opt(backend.default_image)["size"].isdigit()
+    else:
+        assert len(warned) == 1 and backend.driver in warned[0]
+        assert backend.storage_opt(backend.default_image) is None
+    assert not DockerBackend(dataclasses.replace(LIMITS, disk_mb=0), run_id="pytest-q0").disk_quota

@@ -202,10 +202,13 @@ def test_the_memory_limit_holds_for_all_processes_together(sandbox):
     assert sandbox.run("echo alive").output == "alive\n"
 
 
-def test_the_disk_quota_is_an_error_in_the_commands_output(sandbox):
+def test_the_disk_quota_is_an_error_in_the_commands_output(sandbox, backend):
     """Filling the sandbox's disk (its repo, /tmp) fails in the command, as on a full disk;
     the host gives up no more than the quota, and the sandbox goes on."""
     assert LIMITS.disk_mb == 256
+    if getattr(backend, "disk_quota", True) is False:  # passed on btrfs with quotas (docker 20.10)
+        pytest.skip(f"docker's storage driver {backend.driver} cannot size a container; "
+                    "DOCKER_DISK_QUOTA=1 tools/ensure_sandbox_deps.sh starts one that can")
     for where in ("/tmp/big", "/testbed/big"):
         result = sandbox.run(f"fallocate -l 5G {where} || head -c 400M /dev/zero > {where}")
         assert result.exit_code != 0 and ("No space left" in result.output
