@@ -72,7 +72,7 @@ def hostile_text(rng: random.Random) -> str:
         params["command"] = rng.choice(["view", "create", "str_replace", "insert"])
         params.setdefault("path", rng.choice(["/testbed/new.txt", "/testbed", "relative.py",
                                               "/testbed/" + "\udcff.py"]))
-    if name == "finish" and rng.random() < 0.9:  # keep most episodes going
+    if name == "finish" and rng.random() < 0.97:  # keep most episodes going
         name = "finishh"
     thought = rng.choice(["", "Thinking.", "\ud83d", "\x00" * 3, "<think>" * 50])
     return f"{thought}\n{_call(name, params)}"
@@ -93,7 +93,7 @@ class Fuzzer:
         return Action(text=hostile_text(rng), token_ids=None)
 
 
-@pytest.mark.parametrize("backend_name, episodes", [("bwrap", 32), ("docker", 12)])
+@pytest.mark.parametrize("backend_name, episodes", [("bwrap", 16), ("docker", 10)])
 def test_hostile_actions_stay_inside_their_episodes(backend_name, episodes, request, tmp_path,
                                                     chat):
     backend = request.getfixturevalue(f"{backend_name}_backend")
