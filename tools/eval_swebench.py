@@ -31,6 +31,7 @@ from dagger_jax.envs.sandbox.docker_backend import connect
 from dagger_jax.envs.tasks.swebench_source import read_instance_pairs
 from dagger_jax.envs.tasks.task import BadTaskLine
 from dagger_jax.rollout import swebench_eval as se
+from dagger_jax.rollout.faults import CollectionIncomplete
 from dagger_jax.rollout.mixed_episode import EpisodeSettings
 from dagger_jax.tokenizer.default import default_tokenizer
 
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
+    except CollectionIncomplete as e:  # endpoints or docker were down too long: rerun later
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
     path = se.write_report(report, args.out)
     print(se.summary_table(report))
     print(f"report: {path}")
